@@ -1,0 +1,3 @@
+from tinyprune.cli import main
+
+raise SystemExit(main())

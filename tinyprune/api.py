@@ -1,0 +1,208 @@
+"""The library behind the CLI: ``compress()`` and ``demo()``.
+
+Data flows one way: load -> prune -> fine-tune -> export (ONNX, int8 TFLite) -> verify (LiteRT,
+TFLM) -> report. Each stage returns a record; the report is assembled from the records only.
+Everything is written to a temporary folder beside the output and moved into place at the end,
+so a failed run leaves no half-written output and never touches an earlier result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinyprune import __version__, targets
+from tinyprune.config import CompressConfig
+from tinyprune.errors import ConfigError, ExportError
+from tinyprune.report import Report, StageRecord, to_markdown
+from tinyprune.train import Progress, _quiet
+
+ARTIFACTS = ("model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
+             "report.json", "report.md")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    arch: str | None = None
+    trust_pickle: bool = False
+
+
+def default_out_dir(model_path: Path) -> Path:
+    return Path("tinyprune-out") / model_path.stem
+
+
+def _prepare_out_dir(out: Path) -> Path:
+    """A fresh temp dir next to ``out`` (same filesystem, so the final move is a rename)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
+        raise ConfigError(f"--out {out} exists and holds files that are not a tinyprune result; choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def compress(source: ModelSource, cfg: CompressConfig, *, data_path: Path | None = None,
+             out_dir: Path | None = None, progress: Progress = _quiet, builtin_data: bool = False) -> Report:
+    """Run the whole pipeline; return the report (also written to ``out_dir``)."""
+    target = targets.load(cfg.target)  # fail on a bad target before any slow work
+    out = Path(out_dir) if out_dir else default_out_dir(source.path)
+    tmp = _prepare_out_dir(out)
+    try:
+        report = _run(source, cfg, target, data_path, builtin_data, tmp, out, progress)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _load_stage(source, cfg, data_path, builtin_data):
+    import torch
+
+    from tinyprune import data as data_mod
+    from tinyprune.lift import to_module
+    from tinyprune.load import load_model
+
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(source.path, arch=source.arch, trust_pickle=source.trust_pickle)
+    if data_path is not None:
+        raw = data_mod.load_npz(data_path)
+    elif builtin_data:
+        raw = data_mod.builtin_digits()
+    else:
+        raise ConfigError("no data: pass --data DATA.npz (x/y arrays); the built-in digits are only for the demo")
+    splits = data_mod.prepare(raw, loaded.callable(), cfg.data, cfg.seed)
+    model = to_module(loaded, torch.from_numpy(splits.x_train[:1]))
+    return loaded, model, splits
+
+
+def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress) -> Report:
+    import torch
+
+    from tinyprune.export import micro, tflite
+    from tinyprune.export.onnx import export_onnx
+    from tinyprune.measure.macs import count_tflite, count_torch
+    from tinyprune.prune import prune_to_macs
+    from tinyprune.train import accuracy, fit
+
+    records: list[StageRecord] = []
+
+    t = time.perf_counter()
+    loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
+    example = torch.from_numpy(splits.x_train[:1])
+    macs, params = count_torch(model, example)
+    records.append(StageRecord("original", params, macs, accuracy(model, splits.x_eval, splits.y_eval),
+                               time.perf_counter() - t, details={"format": loaded.format}))
+
+    t = time.perf_counter()
+    calib_y = splits.y_train[: len(splits.x_calib)]
+    pruned = prune_to_macs(model, cfg.prune, splits.x_calib, calib_y, splits.classes)
+    records.append(StageRecord("pruned", pruned.params_after, pruned.macs_after,
+                               accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
+                               details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
+                                        "macs_removed": 1 - pruned.macs_after / pruned.macs_before}))
+
+    t = time.perf_counter()
+    tuned = fit(pruned.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress)
+    records.append(StageRecord("finetuned", pruned.params_after, pruned.macs_after,
+                               accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
+                               details={"epochs": cfg.finetune.epochs}))
+
+    t = time.perf_counter()
+    tuned.eval()
+    try:
+        program = torch.export.export(tuned, (example,))
+        torch.export.save(program, str(tmp / "model_pruned.pt2"))
+    except Exception as exc:
+        raise ExportError(f"saving the pruned model with torch.export failed: {str(exc).splitlines()[0][:200]}") from None
+    onnx_diff = export_onnx(tuned, splits.x_train[:1], tmp / "model.onnx", cfg.export.opset)
+    int8_bytes = tflite.to_int8_tflite(tmp / "model.onnx", splits.x_calib, tmp / "_work")
+    shutil.rmtree(tmp / "_work")
+    (tmp / "model_int8.tflite").write_bytes(int8_bytes)
+    io = tflite.io_details(int8_bytes)
+    int8_pred = tflite.litert_predict(int8_bytes, splits.x_eval)
+    int8_acc = float((int8_pred == splits.y_eval).mean())
+
+    xq = tflite.quantize(tflite.to_device_layout(splits.x_eval), io["input"]["scale"], io["input"]["zero_point"])
+    arena = micro.smallest_arena(int8_bytes, xq[:1])
+    n_check = min(cfg.export.tflm_check_samples, len(xq))
+    tflm_pred = micro.tflm_outputs(int8_bytes, xq[:n_check], arena).reshape(n_check, -1).argmax(1)
+    counted = count_tflite(int8_bytes)
+    source_cc, header = micro.c_array(int8_bytes)
+    (tmp / "model_data.cc").write_text(source_cc)
+    (tmp / "model_data.h").write_text(header)
+    records.append(StageRecord(
+        "int8", counted["params"], counted["macs"], int8_acc, time.perf_counter() - t,
+        flash_bytes=len(int8_bytes), arena_bytes=arena,
+        details={
+            "onnx_max_abs_diff": onnx_diff,
+            "io": io,
+            "tflm": {
+                "samples": n_check,
+                "accuracy": float((tflm_pred == splits.y_eval[:n_check]).mean()),
+                "agreement_with_litert": float((tflm_pred == int8_pred[:n_check]).mean()),
+            },
+            "ops": counted["layers"],
+        },
+    ))
+
+    report = Report(
+        tool_version=__version__,
+        model={"path": str(source.path), "format": loaded.format, "input_shape": [1, *splits.sample_shape],
+               "classes": splits.classes},
+        data=splits.summary(),
+        target=target.to_dict(),
+        config=cfg.to_dict(),
+        stages=records,
+        layers=pruned.layers,
+        artifacts=[str(out / a) for a in ARTIFACTS],
+    )
+    (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (tmp / "report.md").write_text(to_markdown(report))
+    return report
+
+
+def train_demo_model(seed: int = 0, epochs: int = 15, progress: Progress = _quiet):
+    """The built-in example: the digits CNN trained on the training part of ``load_digits``."""
+    import torch
+
+    from tinyprune.config import DataConfig, FinetuneConfig
+    from tinyprune.data import builtin_digits, prepare
+    from tinyprune.testing import digits_cnn
+    from tinyprune.train import fit
+
+    torch.manual_seed(seed)
+    model = digits_cnn()
+    splits = prepare(builtin_digits(), model.eval(), DataConfig(), seed)
+    # Same seed, same split: the demo's held-out digits are never trained on.
+    return fit(model, splits.x_train, splits.y_train, FinetuneConfig(epochs=epochs, lr=3e-3), seed, progress, "train")
+
+
+def demo(cfg: CompressConfig, out_dir: Path | None = None, progress: Progress = _quiet) -> Report:
+    import torch
+
+    out = Path(out_dir) if out_dir else Path("tinyprune-out") / "demo"
+    model = train_demo_model(cfg.seed, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Kept beside the results so `tinyprune compress` can be tried on it by hand. Only
+    # torch.nn classes: it loads through the safe (weights_only) path like a user's file.
+    path = out.parent / "digits_cnn.pt"
+    torch.save(model, path)
+    return compress(ModelSource(path), cfg, out_dir=out, progress=progress, builtin_data=True)

@@ -1,0 +1,210 @@
+"""Command line: parse arguments, call ``tinyprune.api``, print. Errors become exit codes.
+
+Exit codes: 0 success; 1 budget exceeded (check); 2 bad input (file, data, option, target);
+3 export failure (ONNX, TFLite, TFLM); 70 internal error (a bug: please report it);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tinyprune import __version__
+from tinyprune.errors import INTERNAL_ERROR_EXIT, ConfigError, TinypruneError
+
+EPILOG = "exit codes: 0 ok, 1 budget exceeded, 2 bad input, 3 export failure, 70 internal error"
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.lower().replace("x", ",").split(",") if d)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1,28,28, got {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    return dims
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
+    p.add_argument("--out", type=Path, help="output folder (replaced only when the run succeeds)")
+    p.add_argument("--sparsity", type=_sparsity, default=0.5, help="fraction of MACs to remove (default 0.5)")
+    p.add_argument("--criterion", default="l1", help="channel importance criterion (default l1; see `tinyprune criteria`)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs after pruning")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, pruning and training (default 0)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinyprune",
+        description="Prune, quantize and export PyTorch models for microcontrollers (TFLite Micro).",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"tinyprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a small CNN on the built-in digits and compress it", epilog=EPILOG)
+    _common(demo)
+
+    comp = sub.add_parser(
+        "compress", help="prune, fine-tune and export a model to int8 TFLite for a target", epilog=EPILOG,
+        description="MODEL: torch.save(model) of torch.nn classes (loaded safely), a TorchScript file, "
+                    "a torch.export .pt2 program, or a state_dict with --arch.",
+    )
+    comp.add_argument("model", type=Path, help="the model file")
+    comp.add_argument("--data", type=Path, help=".npz with x,y or x_train,y_train,x_test,y_test (NCHW or NHWC)")
+    comp.add_argument("--arch", help="package.module:factory that builds the model, for a state_dict file")
+    comp.add_argument("--trust-pickle", action="store_true",
+                      help="allow a pickle that needs classes outside torch.nn (RUNS ITS CODE: trusted files only)")
+    comp.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of x in --data")
+    _common(comp)
+
+    sub.add_parser("targets", help="list the known microcontroller targets")
+    sub.add_parser("criteria", help="list the pruning criteria")
+    return parser
+
+
+def _config(args):
+    from tinyprune.config import CompressConfig, DataConfig, FinetuneConfig, PruneConfig
+
+    epochs = args.finetune_epochs if args.finetune_epochs is not None else (8 if args.command == "demo" else 3)
+    return CompressConfig(
+        target=args.target,
+        seed=args.seed,
+        data=DataConfig(layout=getattr(args, "layout", "auto")),
+        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity),
+        finetune=FinetuneConfig(epochs=epochs),
+    )
+
+
+class _Bar:
+    """A rich progress bar on stderr, created on first use."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.progress = Progress(console=Console(stderr=True), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(message, total=total)
+        self.progress.update(self.task, completed=done, total=total, description=message)
+        if done >= total:
+            self.close()
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _print_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinyprune.report import summary_rows
+    from tinyprune.report.render import HEADER
+
+    t = Table(title=f"tinyprune: {Path(report.model['path']).name} -> {report.target['name']}")
+    for h in HEADER:
+        t.add_column(h, justify="left" if h == "stage" else "right")
+    for row in summary_rows(report):
+        t.add_row(*row)
+    console = Console()
+    console.print(t)
+    orig, int8 = report.stage("original"), report.stage("int8")
+    fits = report.fits
+    console.print(
+        f"float accuracy {orig.accuracy:.2%} -> int8 {int8.accuracy:.2%} (held-out, n={report.data['eval']}); "
+        f"MACs -{1 - int8.macs / orig.macs:.1%}, params -{1 - int8.params / orig.params:.1%}; "
+        f"fits {report.target['name']}: flash {'yes' if fits['flash'] else 'NO'}, RAM {'yes' if fits['ram'] else 'NO'}"
+    )
+    console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
+
+
+def _run(args) -> int:
+    if args.command == "targets":
+        from tinyprune import targets
+
+        for name in targets.names():
+            t = targets.load(name)
+            print(f"{t.name:15} {t.flash_bytes // 1024:>6} KiB flash {t.ram_bytes // 1024:>6} KiB RAM "
+                  f"{t.clock_hz / 1e6:>6g} MHz  {t.reference_board}")
+        return 0
+
+    # Heavy imports only for the commands that need them: `--help` and `targets` stay instant.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+    import warnings
+
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    from tinyprune import api
+
+    if args.command == "criteria":
+        from tinyprune.prune import CRITERIA
+
+        for c in CRITERIA.values():
+            print(f"{c.name:10} {c.description}")
+        return 0
+
+    quiet = args.quiet or args.json
+    bar = _Bar(enabled=not quiet and sys.stderr.isatty())
+    cfg = _config(args)
+    try:
+        if args.command == "demo":
+            report = api.demo(cfg, args.out, progress=bar)
+        else:
+            if args.trust_pickle and args.arch:
+                raise ConfigError("--trust-pickle and --arch exclude each other")
+            source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+            report = api.compress(source, cfg, data_path=args.data, out_dir=args.out, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not args.quiet:
+        _print_report(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except TinypruneError as exc:
+        print(f"tinyprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tinyprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: one line, unless asked for the traceback
+        if os.environ.get("TINYPRUNE_DEBUG"):
+            raise
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        print(f"tinyprune: internal error: {type(exc).__name__}: {detail} "
+              "(set TINYPRUNE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT

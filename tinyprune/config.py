@@ -1,0 +1,80 @@
+"""Effective settings of a run, one frozen dataclass per stage. Written verbatim into report.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tinyprune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    layout: str = "auto"  # auto | nchw | nhwc: how x in the .npz is laid out
+    eval_fraction: float = 0.2  # held out when the .npz has no test split
+    calib_samples: int = 200  # int8 calibration images, drawn from the training part
+    input_shape: tuple[int, ...] | None = None  # per-sample shape, when no data is given
+
+    def __post_init__(self):
+        if self.layout not in ("auto", "nchw", "nhwc"):
+            raise ConfigError(f"--layout must be auto, nchw or nhwc, got {self.layout!r}")
+        if not 0.05 <= self.eval_fraction <= 0.5:
+            raise ConfigError(f"eval fraction must be in [0.05, 0.5], got {self.eval_fraction}")
+        if self.calib_samples < 1:
+            raise ConfigError("calibration samples must be >= 1")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    criterion: str = "l1"
+    sparsity: float = 0.5  # fraction of MACs removed
+    max_steps: int = 40  # pruning proceeds in this many small steps until the MAC target is met
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ConfigError(f"--finetune-epochs must be >= 0, got {self.epochs}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("learning rate must be > 0 and batch size >= 1")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    tflm_check_samples: int = 100  # held-out samples also run through the TFLM interpreter
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    target: str = "cortex-m4"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompressConfig":
+        d = dict(d)
+        data = dict(d.pop("data", {}))
+        if data.get("input_shape") is not None:
+            data["input_shape"] = tuple(data["input_shape"])
+        return cls(
+            data=DataConfig(**data),
+            prune=PruneConfig(**d.pop("prune", {})),
+            finetune=FinetuneConfig(**d.pop("finetune", {})),
+            export=ExportConfig(**d.pop("export", {})),
+            **d,
+        )

@@ -1,0 +1,155 @@
+"""Datasets: the built-in example, user ``.npz`` files, layout detection and deterministic splits.
+
+User data in an ``.npz``:
+* ``x``/``y`` — one pool, split here into fine-tune / held-out evaluation parts; or
+* ``x_train``/``y_train``/``x_test``/``y_test`` — the test arrays are the held-out part.
+``x`` is fed to the model exactly as stored (cast to float32; no rescaling). Images may be
+NCHW or NHWC (or NHW for one channel): the layout the model accepts is found by a trial
+forward pass, preferring the file's own layout; ``--layout`` forces one.
+The int8 calibration set is drawn from the training part, never from the held-out part.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinyprune.config import DataConfig
+from tinyprune.errors import DataError
+
+
+@dataclass(frozen=True)
+class Splits:
+    x_train: np.ndarray  # float32, model layout (N, C, H, W) or (N, F)
+    y_train: np.ndarray  # int64
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    x_calib: np.ndarray
+    classes: int  # number of model outputs; labels are 0..classes-1
+    layout: str  # what the file held: nchw, nhwc, nhw or flat
+    source: str
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "sample_shape": list(self.sample_shape),
+            "classes": self.classes,
+            "train": int(len(self.x_train)),
+            "eval": int(len(self.x_eval)),
+            "calibration": int(len(self.x_calib)),
+        }
+
+
+@dataclass(frozen=True)
+class RawData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    source: str
+
+
+def builtin_digits() -> RawData:
+    """scikit-learn's ``load_digits``: 1,797 real 8x8 handwritten digits that ship with sklearn."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]  # 0..16 grey levels -> [0, 1], NCHW
+    return RawData(x, d.target.astype(np.int64), None, None, "sklearn.datasets.load_digits")
+
+
+def load_npz(path: str | Path) -> RawData:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+    try:
+        # allow_pickle=False: object arrays would unpickle arbitrary code
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path.name} is not a readable .npz file ({str(exc).splitlines()[0][:120]})") from None
+    if {"x", "y"} <= arrays.keys():
+        return RawData(arrays["x"], arrays["y"], None, None, str(path))
+    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        return RawData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], str(path))
+    raise DataError(
+        f"{path.name} has arrays {sorted(arrays)}; expected x and y, or x_train, y_train, x_test, y_test"
+    )
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"{what}: x has dtype {x.dtype}; expected numbers")
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DataError(f"{what}: y must be a 1-D array of integer class labels, got shape {y.shape} dtype {y.dtype}")
+    if len(x) != len(y):
+        raise DataError(f"{what}: x has {len(x)} samples but y has {len(y)}")
+    if len(x) < 2:
+        raise DataError(f"{what}: need at least 2 samples, got {len(x)}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{what}: x contains NaN or infinite values")
+    return x, y.astype(np.int64)
+
+
+def _candidates(x: np.ndarray, layout: str) -> list[tuple[str, np.ndarray]]:
+    if x.ndim == 4:
+        nchw = ("nchw", x)
+        nhwc = ("nhwc", np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return {"nchw": [nchw], "nhwc": [nhwc]}.get(layout, [nchw, nhwc])
+    if x.ndim == 3:
+        return [("nhw", np.ascontiguousarray(x[:, None])), ("flat", x)]
+    return [("flat", x)]
+
+
+def fit_layout(model, x: np.ndarray, layout: str = "auto") -> tuple[str, np.ndarray, int]:
+    """Return (layout, x in the model's layout, number of model outputs) via a trial forward pass."""
+    import torch
+
+    errors = []
+    for name, cand in _candidates(x, layout):
+        try:
+            with torch.no_grad():
+                out = model(torch.from_numpy(cand[:1]))
+        except Exception as exc:  # a shape mismatch surfaces as any of several exception types
+            errors.append(f"{name} {list(cand.shape[1:])}: {str(exc).splitlines()[0][:100]}")
+            continue
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise DataError(f"the model returns {getattr(out, 'shape', type(out).__name__)}; expected class scores [N, classes]")
+        return name, cand, int(out.shape[1])
+    raise DataError(f"data of shape {list(x.shape[1:])} per sample does not fit the model (tried {'; '.join(errors)})")
+
+
+def prepare(raw: RawData, model, cfg: DataConfig, seed: int) -> Splits:
+    """Check the data against the model and split it deterministically (same seed, same split)."""
+    x, y = _check_pair(raw.x_train, raw.y_train, "training data")
+    layout, x, classes = fit_layout(model, x, cfg.layout)
+    rng = np.random.default_rng(seed)
+    if raw.x_test is not None:
+        xt, yt = _check_pair(raw.x_test, raw.y_test, "test data")
+        _, xt, _ = fit_layout(model, xt, layout if layout in ("nchw", "nhwc") else "auto")
+        perm = rng.permutation(len(x))
+        x_train, y_train, x_eval, y_eval = x[perm], y[perm], xt, yt
+    else:
+        perm = rng.permutation(len(x))
+        n_eval = max(1, int(round(len(x) * cfg.eval_fraction)))
+        ev, tr = perm[:n_eval], perm[n_eval:]
+        x_train, y_train, x_eval, y_eval = x[tr], y[tr], x[ev], y[ev]
+    for name, labels in (("training", y_train), ("test", y_eval)):
+        if labels.min() < 0 or labels.max() >= classes:
+            raise DataError(
+                f"{name} labels span {labels.min()}..{labels.max()} but the model has {classes} outputs "
+                f"(labels must be 0..{classes - 1})"
+            )
+    calib = x_train[: min(cfg.calib_samples, len(x_train))]
+    return Splits(x_train, y_train, x_eval, y_eval, calib, classes, layout, raw.source)

@@ -1,0 +1,1 @@
+"""Export: PyTorch -> ONNX -> full-int8 TFLite -> TFLM check and C array."""

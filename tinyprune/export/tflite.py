@@ -1,0 +1,128 @@
+"""ONNX -> full-integer int8 TFLite with onnx2tf, calibrated on the user's data, offline.
+
+onnx2tf fetches a sample image file from the internet when the model input looks like a
+small batch of RGB images, even when calibration data is given (``download_test_image_data``).
+We hand it the user's own calibration images instead and make any other HTTP call from
+onnx2tf fail loudly, so export never needs, nor silently uses, the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tinyprune.capture import captured_output
+from tinyprune.errors import ExportError
+from tinyprune.export.onnx import INPUT_NAME
+
+
+def to_device_layout(x: np.ndarray) -> np.ndarray:
+    """NCHW (PyTorch) -> NHWC (TFLite) for images; other ranks are unchanged."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def _no_network(*args, **kwargs):
+    raise ExportError("onnx2tf tried to reach the network during export; this is a bug in tinyprune, please report it")
+
+
+@contextlib.contextmanager
+def _offline(calib_device: np.ndarray):
+    import onnx2tf.onnx2tf as core
+    import onnx2tf.utils.common_functions as common
+
+    saved = core.download_test_image_data, common.requests.get
+    core.download_test_image_data = lambda: calib_device.copy()
+    common.requests.get = _no_network
+    try:
+        yield
+    finally:
+        core.download_test_image_data, common.requests.get = saved
+
+
+def _failing_op(log: str) -> str:
+    names = re.findall(r"onnx_op_name:\s*(\S+)", log)
+    types = re.findall(r"onnx_op_type:\s*(\S+)", log)
+    if names:
+        return f" at ONNX op {names[-1]}" + (f" ({types[-1]})" if types else "")
+    return ""
+
+
+def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> bytes:
+    """Convert and return the full-int8 flatbuffer (int8 input and output tensors)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    calib = to_device_layout(calib_nchw.astype(np.float32))
+    calib_path = workdir / "calibration.npy"
+    np.save(calib_path, calib)
+    # mean 0 / std 1: the data is already what the model expects; onnx2tf must not rescale it
+    zeros = np.zeros([1] * calib.ndim, np.float32)
+    ones = np.ones([1] * calib.ndim, np.float32)
+    out_dir = workdir / "onnx2tf"
+    error: BaseException | None = None
+    with captured_output() as log:
+        try:
+            import onnx2tf
+
+            with _offline(calib):
+                onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path),
+                    output_folder_path=str(out_dir),
+                    output_integer_quantized_tflite=True,
+                    quant_type="per-channel",
+                    custom_input_op_name_np_data_path=[[INPUT_NAME, str(calib_path), zeros, ones]],
+                    input_quant_dtype="int8",
+                    output_quant_dtype="int8",
+                    non_verbose=True,
+                    copy_onnx_input_output_names_to_tflite=True,
+                )
+        except (Exception, SystemExit) as exc:  # onnx2tf calls sys.exit(1) on conversion errors
+            error = exc
+    if isinstance(error, ExportError):
+        raise error
+    produced = sorted(out_dir.glob("*_full_integer_quant.tflite"))
+    produced = [p for p in produced if "int16" not in p.name]
+    if error is not None or not produced:
+        tail = [line for line in log.text.splitlines() if "ERROR" in line or "Error" in line]
+        reason = tail[-1].strip()[:200] if tail else (str(error).splitlines()[0][:200] if error and str(error) else "no int8 model produced")
+        raise ExportError(f"onnx2tf int8 conversion failed{_failing_op(log.text)}: {reason}")
+    return produced[0].read_bytes()
+
+
+def _interpreter(model_bytes: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
+        return Interpreter(model_content=model_bytes)
+
+
+def io_details(model_bytes: bytes) -> dict:
+    """Shapes, dtypes and quantization of the model's input and output (what firmware needs)."""
+    it = _interpreter(model_bytes)
+
+    def one(d):
+        scale, zero = d["quantization"]
+        return {"shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scale), "zero_point": int(zero)}
+
+    return {"input": one(it.get_input_details()[0]), "output": one(it.get_output_details()[0])}
+
+
+def quantize(x_device: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(x_device / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def litert_predict(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
+    """Class predictions of the int8 model in LiteRT, one sample at a time (batch is fixed to 1)."""
+    it = _interpreter(model_bytes)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    xq = quantize(to_device_layout(x_nchw), scale, zero)
+    preds = np.empty(len(xq), np.int64)
+    for i in range(len(xq)):
+        it.set_tensor(inp["index"], xq[i:i + 1])
+        it.invoke()
+        preds[i] = int(np.argmax(it.get_tensor(out["index"])))
+    return preds

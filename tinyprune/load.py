@@ -1,0 +1,179 @@
+"""Safe loading of the four model formats.
+
+A full pickle is unpickled with ``weights_only=True`` and an allow-list made of the
+``torch.nn`` module classes, so a file that needs any other global (its own classes, or a
+payload such as ``os.system``) is refused before any of its code runs. ``--trust-pickle``
+is the explicit opt-in for trusted files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinyprune.errors import ConfigError, UnsafePickle, UnsupportedModel
+
+FORMATS = ("pickled-module", "state-dict", "torchscript", "exported-program")
+
+
+@dataclass
+class LoadedModel:
+    """What was read from disk, before it is turned into an ``nn.Module`` (see ``lift``)."""
+
+    obj: Any  # nn.Module, torch.jit.ScriptModule or torch.export.ExportedProgram
+    format: str
+    path: Path
+
+    def callable(self):
+        """Something to run a trial forward pass with (to check data against the model)."""
+        if self.format == "exported-program":
+            return self.obj.module()
+        return self.obj
+
+
+def _nn_allow_list() -> list[type]:
+    import torch.nn as nn
+
+    return [c for c in vars(nn).values() if inspect.isclass(c) and issubclass(c, nn.Module)]
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _kind(path: Path, names: list[str] | None) -> str:
+    if names is None:
+        return "pickle"  # legacy (non-zip) torch.save, or not a model at all
+    if any(n.endswith("/archive_format") for n in names):  # torch.export.save (.pt2)
+        return "exported-program"
+    if any("/code/" in n for n in names):  # torch.jit.save keeps the TorchScript source
+        return "torchscript"
+    if any(n.endswith("data.pkl") for n in names):
+        return "pickle"
+    return "unknown"
+
+
+def _import_factory(spec: str):
+    if ":" not in spec:
+        raise ConfigError(f"--arch must look like package.module:factory, got {spec!r}")
+    mod_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(f"--arch: cannot import module {mod_name!r} ({exc}); is it on PYTHONPATH?") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"--arch: {mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _state_dict_of(obj: Any) -> dict | None:
+    import torch
+
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def _build_from_arch(spec: str, state: dict, path: Path):
+    import torch.nn as nn
+
+    model = _import_factory(spec)()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--arch {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UnsupportedModel(
+            f"{path.name} does not match --arch {spec}: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    return model
+
+
+def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedModel:
+    import torch
+    import torch.nn as nn
+
+    try:
+        if trust_pickle:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_nn_allow_list()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise UnsafePickle(
+                f"refusing to unpickle {path.name}: it needs {found[0]}, which is not a torch.nn class "
+                "(its code would run); save a state_dict and pass --arch package.module:factory, "
+                "or pass --trust-pickle if you trust this file"
+            ) from None
+        raise UnsupportedModel(f"{path.name} is not a readable PyTorch file ({_first_line(exc)})") from None
+    except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError for corrupt archives
+        raise UnsupportedModel(f"{path.name} is corrupt or truncated ({_first_line(exc)})") from None
+
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj, "pickled-module", path)
+    state = _state_dict_of(obj)
+    if state is not None:
+        if arch is None:
+            raise UnsupportedModel(
+                f"{path.name} holds a state_dict (weights only): pass --arch package.module:factory "
+                "naming a function that builds the model"
+            )
+        return LoadedModel(_build_from_arch(arch, state, path), "state-dict", path)
+    raise UnsupportedModel(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise UnsupportedModel(f"model file not found: {path}")
+    if path.is_dir():
+        raise UnsupportedModel(f"{path} is a directory; give a model file")
+    if path.stat().st_size == 0:
+        raise UnsupportedModel(f"model file {path} is empty")
+
+    import torch
+
+    names = _zip_names(path)
+    kind = _kind(path, names)
+    if kind == "exported-program":
+        try:
+            return LoadedModel(torch.export.load(path), "exported-program", path)
+        except Exception as exc:
+            raise UnsupportedModel(f"{path.name} is not a loadable torch.export program ({_first_line(exc)})") from None
+    if kind == "torchscript":
+        try:
+            return LoadedModel(torch.jit.load(path, map_location="cpu"), "torchscript", path)
+        except Exception as exc:
+            raise UnsupportedModel(f"{path.name} is not a loadable TorchScript file ({_first_line(exc)})") from None
+    if kind == "pickle":
+        if names is None and path.read_bytes()[:1] not in (b"\x80", b"(", b"}", b"]"):
+            raise UnsupportedModel(
+                f"{path.name} is not a PyTorch model (expected torch.save, TorchScript or a .pt2 export)"
+            )
+        return _load_pickle(path, arch, trust_pickle)
+    raise UnsupportedModel(f"{path.name} is a zip archive but not a PyTorch model")

@@ -1,0 +1,1 @@
+"""Measurement: MACs, memory, latency. Functions return numbers and records; they print nothing."""

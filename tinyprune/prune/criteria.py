@@ -1,0 +1,55 @@
+"""The criterion registry. A criterion turns (model, data) into a torch-pruning ``Importance``.
+
+The information criteria register here by name next to the baselines, so ``--criterion NAME``
+needs no change anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch.nn as nn
+
+from tinyprune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    description: str
+    # make(model, calibration inputs, labels) -> torch_pruning Importance
+    make: Callable[[nn.Module, np.ndarray, np.ndarray], object]
+    global_ranking: bool  # one ranking across layers (layers lose different fractions) or per layer
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register(criterion: Criterion) -> Criterion:
+    CRITERIA[criterion.name] = criterion
+    return criterion
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise ConfigError(f"unknown criterion '{name}'; known criteria: {', '.join(sorted(CRITERIA))}")
+    return CRITERIA[name]
+
+
+def _l1(model, x, y):
+    import torch_pruning as tp
+
+    # Li et al. 2016: the L1 norm of each filter, summed over the coupled group.
+    return tp.importance.GroupMagnitudeImportance(p=1)
+
+
+def _random(model, x, y):
+    import torch_pruning as tp
+
+    return tp.importance.RandomImportance()
+
+
+register(Criterion("l1", "L1 norm of each filter (Li et al. 2016), same ratio in every layer", _l1, False))
+register(Criterion("random", "uniformly random channels, same ratio in every layer (baseline)", _random, False))

@@ -1,0 +1,61 @@
+"""Frozen records: one per pipeline stage, and the report that gathers them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str  # original | pruned | finetuned | int8
+    params: int
+    macs: int
+    accuracy: float | None  # on the held-out split; None where not measured
+    seconds: float  # wall time the stage took
+    flash_bytes: int | None = None  # int8 stage: flatbuffer size
+    arena_bytes: int | None = None  # int8 stage: smallest TFLM arena that runs the model
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    tool_version: str
+    model: dict
+    data: dict
+    target: dict
+    config: dict
+    stages: list[StageRecord]
+    layers: list[dict]
+    artifacts: list[str]
+    schema_version: int = SCHEMA_VERSION
+
+    def stage(self, name: str) -> StageRecord:
+        return next(s for s in self.stages if s.name == name)
+
+    @property
+    def fits(self) -> dict:
+        int8 = self.stage("int8")
+        return {
+            "flash": int8.flash_bytes <= self.target["flash_bytes"],
+            "ram": int8.arena_bytes <= self.target["ram_bytes"],
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "tool_version": self.tool_version,
+            "model": self.model,
+            "data": self.data,
+            "target": self.target,
+            "config": self.config,
+            "stages": [s.to_dict() for s in self.stages],
+            "layers": self.layers,
+            "fits_target": self.fits,
+            "artifacts": self.artifacts,
+        }

@@ -1,0 +1,84 @@
+"""Human-readable views of a Report."""
+
+from __future__ import annotations
+
+from tinyprune.report.records import Report
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def _num(v: int | None) -> str:
+    return "n/a" if v is None else f"{v:,}"
+
+
+def _kib(v: int | None) -> str:
+    return "n/a" if v is None else f"{v / 1024:.1f} KiB"
+
+
+def summary_rows(report: Report) -> list[list[str]]:
+    """Rows of the stage table: stage, params, MACs, accuracy, flash, arena, seconds."""
+    return [
+        [s.name, _num(s.params), _num(s.macs), _pct(s.accuracy), _kib(s.flash_bytes), _kib(s.arena_bytes), f"{s.seconds:.1f}"]
+        for s in report.stages
+    ]
+
+
+HEADER = ["stage", "params", "MACs", "accuracy", "flash", "TFLM arena", "seconds"]
+
+
+def to_markdown(report: Report) -> str:
+    r = report
+    orig, int8 = r.stage("original"), r.stage("int8")
+    lines = [
+        f"# tinyprune report: {r.model['path']}",
+        "",
+        f"Target **{r.target['name']}** ({r.target['reference_board']}): "
+        f"{_kib(r.target['flash_bytes'])} flash, {_kib(r.target['ram_bytes'])} RAM, {r.target['clock_hz'] / 1e6:g} MHz.",
+        f"Model format: {r.model['format']}; input {r.model['input_shape']} (PyTorch layout), "
+        f"{r.model['classes']} classes. Data: {r.data['source']} "
+        f"({r.data['train']} train / {r.data['eval']} held-out / {r.data['calibration']} calibration).",
+        "",
+        "## Stages",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(r)]
+    fits = r.fits
+    lines += [
+        "",
+        f"MACs: {_num(orig.macs)} -> {_num(int8.macs)} ({1 - int8.macs / orig.macs:.1%} removed); "
+        f"params: {_num(orig.params)} -> {_num(int8.params)} ({1 - int8.params / orig.params:.1%} removed).",
+        f"Fits {r.target['name']}: flash {'yes' if fits['flash'] else 'NO'} "
+        f"({_kib(int8.flash_bytes)} of {_kib(r.target['flash_bytes'])}), "
+        f"RAM {'yes' if fits['ram'] else 'NO'} ({_kib(int8.arena_bytes)} arena of {_kib(r.target['ram_bytes'])}). "
+        "Runtime code and stack are not included.",
+        "",
+        "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stage in "
+        "LiteRT. The arena is the smallest with which the real TFLM interpreter allocates and "
+        "invokes the model (found by bisection). MACs of the int8 stage are counted on the "
+        "TFLite graph itself.",
+    ]
+    tflm = int8.details.get("tflm", {})
+    if tflm:
+        lines += [
+            "",
+            f"TFLM check: {tflm['samples']} held-out samples run in the TFLM interpreter; "
+            f"accuracy {_pct(tflm['accuracy'])}, outputs identical to LiteRT on {_pct(tflm['agreement_with_litert'])} of them.",
+        ]
+    io = int8.details.get("io")
+    if io:
+        i, o = io["input"], io["output"]
+        lines += [
+            "",
+            f"Firmware I/O: input {i['dtype']} {i['shape']} (NHWC) with scale {i['scale']:.6g}, zero point "
+            f"{i['zero_point']}: q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} "
+            f"with scale {o['scale']:.6g}, zero point {o['zero_point']}.",
+        ]
+    if r.layers:
+        lines += ["", "## Layers", "", "| layer | channels before | channels after |", "|---|---|---|"]
+        lines += [f"| {l['name']} | {l['channels_before']} | {l['channels_after']} |" for l in r.layers]
+    lines += ["", "## Artifacts", ""] + [f"- `{a}`" for a in r.artifacts] + [""]
+    return "\n".join(lines)
