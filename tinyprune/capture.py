@@ -23,12 +23,16 @@ def captured_output():
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    with tempfile.TemporaryFile(mode="w+b") as sink, \
+            os.fdopen(os.dup(sink.fileno()), "w", buffering=1) as text:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield result
+            # sys.stdout may not be fd 1 (an embedding app, pytest): catch Python prints too
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield result
         finally:
+            text.flush()
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(saved[0], 1)

@@ -5,7 +5,9 @@ User data in an ``.npz``:
 * ``x_train``/``y_train``/``x_test``/``y_test`` — the test arrays are the held-out part.
 ``x`` is fed to the model exactly as stored (cast to float32; no rescaling). Images may be
 NCHW or NHWC (or NHW for one channel): the layout the model accepts is found by a trial
-forward pass, preferring the file's own layout; ``--layout`` forces one.
+forward pass. When both run (a model that flattens its input), the data is taken as NHWC if
+its last axis has at most 4 entries and its second more than 4, else as NCHW; ``--layout``
+forces one.
 The int8 calibration set is drawn from the training part, never from the held-out part.
 """
 
@@ -112,11 +114,16 @@ def _candidates(x: np.ndarray, layout: str) -> list[tuple[str, np.ndarray]]:
     return [("flat", x)]
 
 
+def _channels_last(x: np.ndarray) -> bool:
+    """For 4-D data the model accepts either way (e.g. an MLP that flattens): guess from the shape."""
+    return x.shape[-1] <= 4 < x.shape[1]
+
+
 def fit_layout(model, x: np.ndarray, layout: str = "auto") -> tuple[str, np.ndarray, int]:
     """Return (layout, x in the model's layout, number of model outputs) via a trial forward pass."""
     import torch
 
-    errors = []
+    errors, fits = [], []
     for name, cand in _candidates(x, layout):
         try:
             with torch.no_grad():
@@ -126,8 +133,12 @@ def fit_layout(model, x: np.ndarray, layout: str = "auto") -> tuple[str, np.ndar
             continue
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise DataError(f"the model returns {getattr(out, 'shape', type(out).__name__)}; expected class scores [N, classes]")
-        return name, cand, int(out.shape[1])
-    raise DataError(f"data of shape {list(x.shape[1:])} per sample does not fit the model (tried {'; '.join(errors)})")
+        fits.append((name, cand, int(out.shape[1])))
+    if not fits:
+        raise DataError(f"data of shape {list(x.shape[1:])} per sample does not fit the model (tried {'; '.join(errors)})")
+    if len(fits) > 1 and fits[1][0] == "nhwc" and _channels_last(x):
+        return fits[1]
+    return fits[0]
 
 
 def prepare(raw: RawData, model, cfg: DataConfig, seed: int) -> Splits:

@@ -62,8 +62,14 @@ def _conv(gm, node):
     cls = {3: nn.Conv1d, 4: nn.Conv2d}.get(w.dim())
     if cls is None:
         return None
-    m = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(stride),
-            padding=tuple(padding), dilation=tuple(dilation), groups=groups, bias=b is not None)
+    spatial = w.dim() - 2
+
+    def full(v):  # aten allows [s] to mean [s, s]
+        v = [v] if isinstance(v, int) else list(v)
+        return tuple(v * spatial if len(v) == 1 else v)
+
+    m = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=full(stride),
+            padding=full(padding), dilation=full(dilation), groups=groups, bias=b is not None)
     m.weight = nn.Parameter(w.detach().clone())
     if b is not None:
         m.bias = nn.Parameter(b.detach().clone())

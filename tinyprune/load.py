@@ -98,7 +98,10 @@ def _build_from_arch(spec: str, state: dict, path: Path):
     model = _import_factory(spec)()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--arch {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise UnsupportedModel(f"{path.name} does not match --arch {spec}: {_first_line(exc)}") from None
     if result.missing_keys or result.unexpected_keys:
         raise UnsupportedModel(
             f"{path.name} does not match --arch {spec}: missing {result.missing_keys[:3]}, "
@@ -118,7 +121,7 @@ def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedMode
             with torch.serialization.safe_globals(_nn_allow_list()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = re.findall(r"GLOBAL ([\w.]+)", str(exc)) or _raw_pickle_globals(path)
         if found:
             raise UnsafePickle(
                 f"refusing to unpickle {path.name}: it needs {found[0]}, which is not a torch.nn class "
@@ -142,6 +145,24 @@ def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedMode
     raise UnsupportedModel(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
 
 
+def _raw_pickle_globals(path: Path) -> list[str]:
+    """Globals a plain (non-torch) pickle imports, read statically: nothing is executed."""
+    import pickletools
+
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(path.read_bytes()):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(arg)
+            elif op.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle stream at all: the caller reports the file as unreadable
+        pass
+    return found
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -159,6 +180,8 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     import torch
 
     names = _zip_names(path)
+    if names is None and path.read_bytes()[:4] == b"PK\x03\x04":
+        raise UnsupportedModel(f"{path.name} is corrupt or truncated (a zip archive without its directory)")
     kind = _kind(path, names)
     if kind == "exported-program":
         try:

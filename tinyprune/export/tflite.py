@@ -90,7 +90,7 @@ def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> by
     return produced[0].read_bytes()
 
 
-def _interpreter(model_bytes: bytes):
+def litert_interpreter(model_bytes: bytes):
     from ai_edge_litert.interpreter import Interpreter
 
     with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
@@ -99,7 +99,7 @@ def _interpreter(model_bytes: bytes):
 
 def io_details(model_bytes: bytes) -> dict:
     """Shapes, dtypes and quantization of the model's input and output (what firmware needs)."""
-    it = _interpreter(model_bytes)
+    it = litert_interpreter(model_bytes)
 
     def one(d):
         scale, zero = d["quantization"]
@@ -115,7 +115,7 @@ def quantize(x_device: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 def litert_predict(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
     """Class predictions of the int8 model in LiteRT, one sample at a time (batch is fixed to 1)."""
-    it = _interpreter(model_bytes)
+    it = litert_interpreter(model_bytes)
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     scale, zero = inp["quantization"]

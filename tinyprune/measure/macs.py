@@ -45,9 +45,9 @@ def _shape(tensors: dict, index: int) -> tuple[int, ...]:
 
 def count_tflite(model_bytes: bytes) -> dict:
     """Per-op MACs and total parameters of a TFLite flatbuffer, read from its own graph."""
-    from tinyprune.export.tflite import _interpreter
+    from tinyprune.export.tflite import litert_interpreter
 
-    it = _interpreter(model_bytes)
+    it = litert_interpreter(model_bytes)
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     layers = []
     params = 0

@@ -41,8 +41,10 @@ def get_criterion(name: str) -> Criterion:
 def _l1(model, x, y):
     import torch_pruning as tp
 
-    # Li et al. 2016: the L1 norm of each filter, summed over the coupled group.
-    return tp.importance.GroupMagnitudeImportance(p=1)
+    # Li et al. 2016: the L1 norm of the layer's own filters ("first" member of the coupled
+    # group), not of the consumers' input columns, which the group sum would add in.
+    return tp.importance.GroupMagnitudeImportance(
+        p=1, group_reduction="first", normalizer=None, target_types=[nn.modules.conv._ConvNd, nn.Linear])
 
 
 def _random(model, x, y):

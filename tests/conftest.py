@@ -1,0 +1,41 @@
+"""Shared fixtures: the built-in digits and small models trained on them (cached per session)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinyprune.config import DataConfig, FinetuneConfig
+from tinyprune.data import builtin_digits, prepare
+from tinyprune.testing import MODELS
+from tinyprune.train import fit
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return builtin_digits()
+
+
+@pytest.fixture(scope="session")
+def trained(digits):
+    """name -> model trained for a few epochs on the digits (good enough for int8 checks)."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            torch.manual_seed(0)
+            model = MODELS[name]()
+            splits = prepare(digits, model.eval(), DataConfig(), seed=0)
+            cache[name] = fit(model, splits.x_train, splits.y_train, FinetuneConfig(epochs=6, lr=3e-3), seed=0)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def digits_npz(tmp_path, digits):
+    """The digits as a user would bring them: NHWC images in an .npz with x/y."""
+    path = tmp_path / "digits.npz"
+    np.savez(path, x=digits.x_train.transpose(0, 2, 3, 1), y=digits.y_train)
+    return path

@@ -1,0 +1,135 @@
+"""Every bad input: one line on stderr, a documented exit code, no traceback, no partial output."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tinyprune.cli import main
+from tinyprune.testing import MODELS
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line(err, *needles):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tinyprune: error: ")
+    for n in needles:
+        assert n in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def cnn_file(tmp_path):
+    path = tmp_path / "cnn.pt"
+    torch.save(MODELS["cnn_bn"]().eval(), path)
+    return path
+
+
+def test_missing_model(capsys, tmp_path, digits_npz):
+    code, err = run(capsys, "compress", tmp_path / "nope.pt", "--data", digits_npz, "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, "not found")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "is empty"), (b"\x80\x04\x95garbage", "cnn.pt"),
+                                             (b"plain text", "not a PyTorch model")])
+def test_broken_model_files(capsys, tmp_path, digits_npz, content, needle):
+    (tmp_path / "cnn.pt").write_bytes(content)
+    code, err = run(capsys, "compress", tmp_path / "cnn.pt", "--data", digits_npz, "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, needle)
+
+
+def test_truncated_model(capsys, tmp_path, digits_npz, cnn_file):
+    cnn_file.write_bytes(cnn_file.read_bytes()[:3000])
+    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, "corrupt or truncated")
+
+
+def test_malicious_pickle_runs_nothing_in_a_real_process(tmp_path, digits_npz):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    subprocess.run([sys.executable, "-c",
+                    "import os, torch\n"
+                    "class P:\n"
+                    f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+                    f"torch.save({{'model': P()}}, '{evil}')"], check=True)
+    proc = subprocess.run([sys.executable, "-m", "tinyprune", "compress", str(evil), "--data", str(digits_npz),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert_one_line(proc.stderr, "refusing to unpickle", "--trust-pickle")
+    assert not marker.exists()
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_that_does_not_fit(capsys, tmp_path, cnn_file):
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 3, 32, 32), np.float32), y=np.zeros(10, np.int64))
+    code, err = run(capsys, "compress", cnn_file, "--data", tmp_path / "d.npz", "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, "does not fit the model")
+
+
+def test_labels_out_of_range(capsys, tmp_path, cnn_file, digits):
+    y = digits.y_train.copy()
+    y[0] = 12
+    np.savez(tmp_path / "d.npz", x=digits.x_train, y=y)
+    code, err = run(capsys, "compress", cnn_file, "--data", tmp_path / "d.npz", "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, "labels", "10 outputs")
+
+
+def test_unknown_target(capsys, tmp_path, cnn_file, digits_npz):
+    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--target", "pdp-11", "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, "unknown target 'pdp-11'", "cortex-m4")
+
+
+def test_missing_data_for_a_user_model(capsys, tmp_path, cnn_file):
+    code, err = run(capsys, "compress", cnn_file, "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, "--data")
+
+
+def test_out_dir_with_foreign_files_is_not_touched(capsys, tmp_path, cnn_file, digits_npz):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", out)
+    assert code == 2
+    assert_one_line(err, "not a tinyprune result")
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_export_failure_names_the_op_and_leaves_nothing(capsys, tmp_path, cnn_file, digits_npz, monkeypatch):
+    import onnx2tf
+
+    def failing_convert(**kwargs):  # how onnx2tf reports a conversion error: a log line, then exit(1)
+        print("ERROR: The trace log is below.\nERROR: onnx_op_name: /features/Conv_2\nERROR: onnx_op_type: Conv")
+        raise SystemExit(1)
+
+    monkeypatch.setattr(onnx2tf, "convert", failing_convert)
+    out = tmp_path / "o"
+    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", out, "--finetune-epochs", "0")
+    assert code == 3
+    assert_one_line(err, "onnx2tf int8 conversion failed at ONNX op /features/Conv_2 (Conv)")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")] == []
+
+
+def test_bad_option_values(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "m.pt", "--sparsity", "1.5"])
+    assert exc.value.code == 2
+    assert "must be in [0, 1)" in capsys.readouterr().err
