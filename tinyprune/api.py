@@ -112,8 +112,9 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
                                time.perf_counter() - t, details={"format": loaded.format}))
 
     t = time.perf_counter()
-    calib_y = splits.y_train[: len(splits.x_calib)]
-    pruned = prune_to_macs(model, cfg.prune, splits.x_calib, calib_y, splits.classes)
+    x_info, y_info = analysis_set(splits)
+    pruned = prune_to_macs(model, cfg.prune, x_info, y_info, splits.classes)
+    layers = _layer_records(model, pruned, x_info, y_info, cfg.prune.criterion)
     records.append(StageRecord("pruned", pruned.params_after, pruned.macs_after,
                                accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                                details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
@@ -171,12 +172,87 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         target=target.to_dict(),
         config=cfg.to_dict(),
         stages=records,
-        layers=pruned.layers,
+        layers=layers,
         artifacts=[str(out / a) for a in ARTIFACTS],
     )
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp / "report.md").write_text(to_markdown(report))
     return report
+
+
+ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2
+
+
+def analysis_set(splits) -> tuple[np.ndarray, np.ndarray]:
+    """Training samples the criteria and MI analysis look at (never the held-out part)."""
+    n = min(ANALYSIS_SAMPLES, len(splits.x_train))
+    return splits.x_train[:n], splits.y_train[:n]
+
+
+def _layer_records(model, pruned, x, y, criterion: str) -> list[dict]:
+    """Per layer: widths, and the MI of what was kept and removed (measured on the original model)."""
+    from tinyprune.prune.mi import model_channel_mi
+
+    mi = model_channel_mi(model, x, y)
+    out = []
+    for layer in pruned.layers:
+        rel = mi.get(layer["name"], {}).get("relevance")
+        kept = pruned.kept[layer["name"]]
+        removed = sorted(set(range(layer["channels_before"])) - set(kept))
+        record = dict(layer, removed_channels=removed,
+                      reason=f"lowest {criterion} importance" if removed else "kept whole")
+        if rel is not None:
+            record.update(mi_kept=float(rel[kept].sum()), mi_removed=float(rel[removed].sum()),
+                          mi_per_channel=[round(float(v), 5) for v in rel])
+        out.append(record)
+    return out
+
+
+def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_dir: Path | None,
+            builtin_data: bool = False) -> dict:
+    """Per-layer and per-channel MI with the labels; writes mi.json and mi.png to ``out_dir``."""
+    from tinyprune.prune.mi import model_channel_mi
+    from tinyprune.report.plots import plot_channel_mi
+
+    t = time.perf_counter()
+    loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
+    x, y = analysis_set(splits)
+    mi = model_channel_mi(model, x, y)
+    layers = []
+    for name, v in mi.items():
+        order = np.argsort(-v["relevance"])
+        layers.append({
+            "name": name, "channels": int(len(order)),
+            "mean": float(v["relevance"].mean()), "max": float(v["relevance"].max()), "min": float(v["relevance"].min()),
+            "top": [[int(c), float(v["relevance"][c])] for c in order[:5]],
+            "bottom": [[int(c), float(v["relevance"][c])] for c in order[::-1][:5]],
+            "relevance": [float(r) for r in v["relevance"]],
+            "score": [float(r) for r in v["score"]],
+        })
+    result = {
+        "schema_version": 1, "tool_version": __version__, "model": str(source.path), "format": loaded.format,
+        "estimator": "kde (Kolchinsky-Tracey upper bound), spatial mean per channel, nats",
+        "label_entropy": float(_label_entropy(y)), "samples": int(len(x)),
+        "seconds": time.perf_counter() - t, "layers": layers,
+    }
+    out = Path(out_dir) if out_dir else Path("tinyprune-out") / f"{source.path.stem}-mi"
+    tmp = _prepare_out_dir(out)
+    try:
+        (tmp / "mi.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_channel_mi(layers, result["label_entropy"], tmp / "mi.png")
+        (tmp / "report.json").write_text(json.dumps({"kind": "analyze", "mi": "mi.json"}) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result["out"] = str(out)
+    return result
+
+
+def _label_entropy(y: np.ndarray) -> float:
+    p = np.bincount(y) / len(y)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
 
 
 def train_demo_model(seed: int = 0, epochs: int = 15, progress: Progress = _quiet):

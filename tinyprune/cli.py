@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of x in --data")
     _common(comp)
 
+    ana = sub.add_parser("analyze", help="per-layer and per-channel MI with the labels; writes mi.json and mi.png",
+                         epilog=EPILOG)
+    ana.add_argument("model", type=Path, help="the model file (same formats as compress)")
+    ana.add_argument("--data", type=Path, required=True, help=".npz with x,y (as for compress)")
+    ana.add_argument("--arch", help="package.module:factory, for a state_dict file")
+    ana.add_argument("--trust-pickle", action="store_true", help="as for compress (RUNS THE FILE'S CODE)")
+    ana.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")
+    ana.add_argument("--out", type=Path, help="output folder (default tinyprune-out/<stem>-mi)")
+    ana.add_argument("--seed", type=int, default=0)
+    ana.add_argument("--json", action="store_true", help="print mi.json on stdout")
+
     sub.add_parser("targets", help="list the known microcontroller targets")
     sub.add_parser("criteria", help="list the pruning criteria")
     return parser
@@ -145,6 +156,22 @@ def _print_report(report) -> None:
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
 
 
+def _print_mi(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"I(T_c; Y) per channel, nats (H(Y) = {result['label_entropy']:.3f}, n = {result['samples']})")
+    for h in ("layer", "channels", "mean", "min", "max", "top channels", "bottom channels"):
+        t.add_column(h, justify="left" if "layer" in h or "channels " in h else "right")
+    for l in result["layers"]:
+        fmt = lambda pairs: ", ".join(f"{c}:{v:.2f}" for c, v in pairs[:3])
+        t.add_row(l["name"], str(l["channels"]), f"{l['mean']:.3f}", f"{l['min']:.3f}", f"{l['max']:.3f}",
+                  fmt(l["top"]), fmt(l["bottom"]))
+    console = Console()
+    console.print(t)
+    console.print(f"mi.json and mi.png in {result['out']} ({result['seconds']:.1f} s)")
+
+
 def _run(args) -> int:
     if args.command == "targets":
         from tinyprune import targets
@@ -169,6 +196,18 @@ def _run(args) -> int:
 
         for c in CRITERIA.values():
             print(f"{c.name:10} {c.description}")
+        return 0
+
+    if args.command == "analyze":
+        from tinyprune.config import CompressConfig, DataConfig
+
+        cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout))
+        source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+        result = api.analyze(source, cfg, args.data, args.out)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print_mi(result)
         return 0
 
     quiet = args.quiet or args.json

@@ -34,6 +34,9 @@ def test_prune_meets_mac_target_and_keeps_model_working(name, criterion):
     assert shrunk and all(l["channels_after"] >= 1 for l in res.layers)
     # the classifier keeps its 10 outputs
     assert res.layers[-1]["channels_after"] == 10
+    for layer in res.layers:  # channel identities followed through every step
+        ids = res.kept[layer["name"]]
+        assert len(ids) == layer["channels_after"] and ids == sorted(set(ids))
 
 
 def test_l1_removes_the_smallest_filters():
@@ -46,6 +49,7 @@ def test_l1_removes_the_smallest_filters():
     norms = [0.09 * (i + 1) for i in range(8)]
     assert 0 < len(kept) < 8
     assert kept == pytest.approx(norms[-len(kept):])  # exactly the largest-norm filters survive
+    assert res.kept["0"] == list(range(8 - len(kept), 8))
 
 
 def test_zero_sparsity_is_identity():

@@ -38,6 +38,11 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
+def removes_outputs(dep) -> bool:
+    """Whether a torch-pruning dependency removes output channels (conv, depthwise conv, linear)."""
+    return getattr(dep.pruning_fn, "__name__", "") == "prune_out_channels"
+
+
 def _l1(model, x, y):
     import torch_pruning as tp
 
@@ -53,5 +58,13 @@ def _random(model, x, y):
     return tp.importance.RandomImportance()
 
 
+def _mi(model, x, y):
+    from tinyprune.prune.mi import MIImportance
+
+    return MIImportance(model, x, y)
+
+
+register(Criterion("mi", "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking",
+                   _mi, True))
 register(Criterion("l1", "L1 norm of each filter (Li et al. 2016), same ratio in every layer", _l1, False))
 register(Criterion("random", "uniformly random channels, same ratio in every layer (baseline)", _random, False))

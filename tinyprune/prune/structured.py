@@ -17,7 +17,7 @@ import torch.nn as nn
 from tinyprune.config import PruneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.measure.macs import count_torch
-from tinyprune.prune.criteria import get_criterion
+from tinyprune.prune.criteria import removes_outputs, get_criterion
 
 
 @dataclass
@@ -29,6 +29,7 @@ class PruneResult:
     params_after: int
     layers: list[dict]  # name, channels_before, channels_after
     steps: int
+    kept: dict[str, list[int]]  # per layer: original indices of the output channels that remain
 
 
 def _output_layers(model: nn.Module, classes: int) -> list[nn.Module]:
@@ -54,9 +55,10 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     example = torch.from_numpy(x_calib[:1])
     macs0, params0 = count_torch(model, example)
     before = _widths(model)
+    kept = {name: list(range(width)) for name, width in before.items()}
     if cfg.sparsity == 0:
         return PruneResult(model, macs0, macs0, params0, params0,
-                           [{"name": k, "channels_before": v, "channels_after": v} for k, v in before.items()], 0)
+                           [{"name": k, "channels_before": v, "channels_after": v} for k, v in before.items()], 0, kept)
     criterion = get_criterion(cfg.criterion)
     importance = criterion.make(model, x_calib, y_calib)
     target = (1.0 - cfg.sparsity) * macs0
@@ -67,14 +69,24 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
         global_pruning=criterion.global_ranking,
         # Channel ratio 1.0 over max_steps steps: the loop below stops at the MAC target.
         pruning_ratio=0.95,
+        # the floor of global rankings: no layer loses more than 90 % of its channels
+        max_pruning_ratio=0.9 if criterion.global_ranking else 1.0,
         iterative_steps=cfg.max_steps,
         ignored_layers=_output_layers(model, classes),
         round_to=None,
     )
+    names = {m: n for n, m in model.named_modules()}
     macs = macs0
     steps = 0
     for steps in range(1, cfg.max_steps + 1):
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            # Follow each channel's identity through the steps, for the per-layer report.
+            for dep, idxs in group:
+                name = names.get(dep.layer)
+                if removes_outputs(dep) and name in kept:
+                    drop = set(int(i) for i in idxs)
+                    kept[name] = [c for pos, c in enumerate(kept[name]) if pos not in drop]
+            group.prune()
         macs, _ = count_torch(model, example)
         if macs <= target:
             break
@@ -86,4 +98,4 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     macs1, params1 = count_torch(model, example)
     after = _widths(model)
     layers = [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
-    return PruneResult(model, macs0, macs1, params0, params1, layers, steps)
+    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept)

@@ -1,0 +1,102 @@
+"""The ``mi`` criterion: channels ranked by the information they carry about the labels.
+
+Score of channel c of a layer (seed 000's relevance-with-redundancy view, seed 001's estimator):
+
+    score_c = I(T_c; Y) * exp(-beta * I_G(T_c; T_c*))
+
+* ``I(T_c; Y)``: relevance, the Kolchinsky-Tracey KDE bound on the MI between the channel's
+  spatially averaged feature map and the label (``tinyprune.information.channel_mi``), nats;
+* ``T_c*``: the most correlated channel of the same layer that is *more* relevant than c;
+  ``I_G = -0.5 ln(1 - rho^2)`` is the MI of the two under a Gaussian model, so
+  ``exp(-2 I_G) = 1 - rho^2`` is the fraction of c's variance the better channel does not
+  already explain. A channel that repeats a more informative one scores near zero, so of a
+  set of redundant channels only the most relevant is kept.
+
+Scores are in nats of the same label variable in every layer, so one global ranking decides
+how much each layer loses; ``max_pruning_ratio`` (0.9) is the floor that keeps 10 % of every
+layer. Activations are re-captured after every pruning step (one forward pass over the
+analysis samples), since removing channels changes what the others carry downstream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tinyprune.prune.criteria import removes_outputs
+
+BETA = 1.0  # weight of the redundancy term
+_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def redundancy_discount(acts: torch.Tensor, relevance: torch.Tensor, beta: float = BETA) -> torch.Tensor:
+    """exp(-beta * I_G(c; best more-relevant channel)) for each channel of ``acts`` [N, C]."""
+    x = acts - acts.mean(0)
+    x = x / x.norm(dim=0).clamp_min(1e-12)
+    rho2 = (x.T @ x).pow(2).clamp(max=1 - 1e-6)
+    more_relevant = relevance[None, :] > relevance[:, None]  # [c, c']: c' ranks above c
+    rho2 = torch.where(more_relevant, rho2, torch.zeros_like(rho2))
+    mi_gauss = -0.5 * torch.log1p(-rho2.max(dim=1).values)
+    return torch.exp(-beta * mi_gauss)
+
+
+def layer_scores(acts: torch.Tensor, y: np.ndarray, method: str = "kde", beta: float = BETA) -> dict:
+    from tinyprune.information import channel_mi
+
+    relevance = torch.as_tensor(channel_mi(acts, y, method=method), dtype=torch.float64)
+    discount = redundancy_discount(acts.double(), relevance, beta)
+    return {"relevance": relevance, "score": relevance * discount}
+
+
+class MIImportance:
+    """torch-pruning importance: per-channel MI scores of the group's conv/linear outputs."""
+
+    def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = "kde", beta: float = BETA):
+        self.model, self.x, self.y = model, x, y
+        self.method, self.beta = method, beta
+        self._shapes = None
+        self._scores: dict[nn.Module, dict] = {}
+
+    def _refresh(self) -> None:
+        shapes = tuple(tuple(m.weight.shape) for m in self.model.modules() if isinstance(m, _PRUNABLE))
+        if shapes == self._shapes:
+            return
+        from tinyprune.information import capture_activations
+
+        acts = capture_activations(self.model, self.x, summary="mean")
+        modules = dict(self.model.named_modules())
+        self._scores = {modules[name]: layer_scores(a, self.y, self.method, self.beta) for name, a in acts.items()}
+        self._shapes = shapes
+
+    def scores_of(self, module: nn.Module) -> dict | None:
+        self._refresh()
+        return self._scores.get(module)
+
+    def __call__(self, group) -> torch.Tensor:
+        self._refresh()
+        total, count = None, None
+        for i, (dep, idxs) in enumerate(group):
+            scores = self._scores.get(dep.layer)
+            if scores is None or not removes_outputs(dep):
+                continue
+            root = torch.as_tensor(group[i].root_idxs)
+            local = scores["score"][torch.as_tensor(idxs)].float()
+            if total is None:
+                n = len(group[0].idxs)
+                total, count = torch.zeros(n), torch.zeros(n)
+            total.index_add_(0, root, local)
+            count.index_add_(0, root, torch.ones_like(local))
+        if total is None:
+            return None  # nothing measured in this group: torch-pruning leaves it alone
+        # Residual groups couple several layers' channels: average, so a coupled channel is
+        # not favoured in the global ranking merely for appearing in more layers.
+        return total / count.clamp_min(1)
+
+
+def model_channel_mi(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = "kde") -> dict[str, dict]:
+    """Per prunable layer: relevance I(T_c;Y) and redundancy-discounted score of every channel."""
+    from tinyprune.information import capture_activations
+
+    acts = capture_activations(model, x, summary="mean")
+    return {name: {k: v.numpy() for k, v in layer_scores(a, y, method).items()} for name, a in acts.items()}
