@@ -113,12 +113,15 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
 
     t = time.perf_counter()
     x_info, y_info = analysis_set(splits)
-    pruned = prune_to_macs(model, cfg.prune, x_info, y_info, splits.classes)
+    pruned = prune_to_macs(model, cfg.prune, x_info, y_info, splits.classes,
+                           retrain=lambda m: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress,
+                                                 "MSPIC stage fine-tune"))
     layers = _layer_records(model, pruned, x_info, y_info, cfg.prune.criterion)
     records.append(StageRecord("pruned", pruned.params_after, pruned.macs_after,
                                accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                                details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
-                                        "macs_removed": 1 - pruned.macs_after / pruned.macs_before}))
+                                        "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
+                                        "skip_unit_stages": pruned.units}))
 
     t = time.perf_counter()
     tuned = fit(pruned.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress)
@@ -197,10 +200,14 @@ def _layer_records(model, pruned, x, y, criterion: str) -> list[dict]:
     out = []
     for layer in pruned.layers:
         rel = mi.get(layer["name"], {}).get("relevance")
-        kept = pruned.kept[layer["name"]]
+        kept = pruned.kept.get(layer["name"], [])  # a layer of a removed skip-unit keeps nothing
         removed = sorted(set(range(layer["channels_before"])) - set(kept))
-        record = dict(layer, removed_channels=removed,
-                      reason=f"lowest {criterion} importance" if removed else "kept whole")
+        reason = "kept whole"
+        if not kept:
+            reason = "its skip-unit was removed (MSPIC)"
+        elif removed:
+            reason = f"lowest {criterion} importance"
+        record = dict(layer, removed_channels=removed, reason=reason)
         if rel is not None:
             record.update(mi_kept=float(rel[kept].sum()), mi_removed=float(rel[removed].sum()),
                           mi_per_channel=[round(float(v), 5) for v in rel])

@@ -28,8 +28,8 @@ def _save(model, fmt, path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, fmt, extra", [
     ("cnn_bn", "pickled-module", []),
-    ("dw_residual", "exported-program", []),
-    ("concat_net", "torchscript", []),
+    ("dw_residual", "exported-program", ["--criterion", "mi"]),
+    ("concat_net", "torchscript", ["--criterion", "mi"]),
     ("mlp", "state-dict", ["--arch", "tinyprune.testing.models:mlp"]),
 ])
 def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, extra):
@@ -59,6 +59,9 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert int8["details"]["onnx_max_abs_diff"] < 1e-3
     cc = (out / "model_data.cc").read_text()
     assert "alignas(16)" in cc and f"g_model_data_len = {int8['flash_bytes']};" in cc
+    for layer in report["layers"]:  # what was removed, and how much information went with it
+        assert len(layer["removed_channels"]) == layer["channels_before"] - layer["channels_after"]
+        assert layer["mi_kept"] >= 0 and layer["mi_removed"] >= 0
     # the pruned model reloads without custom code
     reloaded = torch.export.load(out / "model_pruned.pt2").module()
     assert reloaded(torch.rand(1, 1, 8, 8)).shape == (1, 10)

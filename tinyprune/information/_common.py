@@ -78,6 +78,29 @@ def silverman_width(n: int, d: int) -> float:
     return (4.0 / (d + 2)) ** (1.0 / (d + 4)) * n ** (-1.0 / (d + 4))
 
 
+MEDIAN_SAMPLES = 1000
+
+
+def median_width(x: torch.Tensor) -> float:
+    """Median-heuristic kernel std of the rows of ``x [N, d]``: sqrt(median |x_i - x_j|^2 / 2).
+
+    The kernel exp(-D / (2 sigma^2)) is then e^-1 at the median pair whatever d, where a
+    density rule leaves high-dimensional kernels disjoint. The median is over the pairs of at
+    most MEDIAN_SAMPLES evenly spaced samples (cheap, deterministic); a mostly constant
+    variable (median 0) falls back to the mean, an exactly constant one to 1.
+    """
+    n = x.shape[0]
+    sub = x[torch.linspace(0, n - 1, min(n, MEDIAN_SAMPLES)).round().long()]
+    sq = (sub * sub).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * sub @ sub.T).clamp_min_(0.0)
+    iu = torch.triu_indices(len(sub), len(sub), 1)
+    pairs = d2[iu[0], iu[1]]
+    med = float(pairs.median()) if pairs.numel() else 0.0
+    if med <= 0.0:
+        med = float(pairs.mean()) if pairs.numel() else 0.0
+    return math.sqrt(med / 2.0) if med > 0.0 else 1.0
+
+
 def label_counts(labels: torch.Tensor) -> torch.Tensor:
     return torch.bincount(labels).to(torch.float64)
 

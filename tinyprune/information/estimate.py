@@ -36,7 +36,8 @@ def _resolve(table: dict, method: str, args: tuple, options: dict):
 def estimate_mi(t, y, method: str = "kde", **options) -> float:
     """I(T;Y) in nats between activations ``t [N, d]`` and ``y`` (``[N]`` labels or ``[N, k]``).
 
-    ``method``: ``"kde"`` (Kolchinsky-Tracey, options ``bound``, ``sigma``, ``standardize``),
+    ``method``: ``"kde"`` (Kolchinsky-Tracey, options ``bound``, ``sigma``, ``standardize``;
+    use ``sigma="median"`` when t has more than a few dimensions),
     ``"binning"`` (options ``bins``, ``value_range``, ``miller_madow``) or ``"renyi"`` (matrix
     Renyi, options ``alpha``, ``sigma``, ``standardize``); all take ``discrete_y`` to override
     whether y is labels. See each module for what exactly is estimated.

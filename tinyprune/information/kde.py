@@ -39,10 +39,13 @@ Units: nats. Default width: features are z-scored per dimension and
 density involved: d_t with labels, d_t + d_y for continuous y), so the estimate is invariant to
 the scale of each activation and consistent in low dimension. In high dimension (tens of
 channels) every sample's kernel overlaps no other, the entropies saturate at ln N and the label
-MI at H(Y): pass a larger ``sigma`` there (e.g. near the median pairwise distance).
+MI at H(Y) whatever the data (measured: independent labels, N=800, d=8 gave 1.27 of
+H(Y) = 1.386). ``sigma="median"`` sets ``s^2`` to half the median pairwise squared distance
+instead (e^-1 kernel at the median pair, whatever d): use it for whole layers or blocks.
 
 Cost: O(N^2 d) time, memory bounded by row blocks of the N x N matrix (never N x N x d).
-Measured on 2 CPU cores: N=5000, d=64 with labels, ~1 s.
+Measured with one thread on a busy 2-core machine, N=5000, d=64: 1.2 s with labels, 2.8 s
+with a continuous 8-dimensional y.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from tinyprune.information._common import (
     check_positive,
     label_counts,
     label_entropy,
+    median_width,
     silverman_width,
     sort_by_label,
     split_y,
@@ -99,9 +103,9 @@ def _segment_entropies(sqdist: SqDist, segments, lead: int, inv2s2: torch.Tensor
                 # Rows lie inside their segment, so each row sum holds its own exp(0) = 1 and
                 # is >= 1: a plain log of the sum cannot underflow, no log-sum-exp shift needed.
                 k = torch.exp_(d * bd_scale)
-                bd_part.append(k.sum(-1).log_().sum(-1))
+                bd_part.append(k.sum(-1).log_().double().sum(-1))
                 # exp(-D/(2 s^2)) = exp(-D/(8 s^2))^4: two multiplies instead of another exp.
-                kl_part.append(k.square_().square_().sum(-1).log_().sum(-1))
+                kl_part.append(k.square_().square_().sum(-1).log_().double().sum(-1))
             kl_sum = kl_part if kl_sum is None else [x + y for x, y in zip(kl_sum, kl_part)]
             bd_sum = bd_part if bd_sum is None else [x + y for x, y in zip(bd_sum, bd_part)]
         log_m = math.log(m)
@@ -164,8 +168,11 @@ def _prepare(x: torch.Tensor, do_standardize: bool):
     return zscore(x)[0] if do_standardize else x
 
 
-def _width(sigma, n: int, d: int, scale: torch.Tensor) -> torch.Tensor:
-    """Kernel std: ``sigma`` as given, else the rule times the RMS std of the data (1 if z-scored)."""
+def _width(sigma, n: int, d: int, scale: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """Kernel std: ``sigma`` as given, ``"median"``: the median heuristic on ``data``, else the
+    rule times the RMS std of the data (1 if z-scored)."""
+    if sigma == "median":
+        return torch.as_tensor(median_width(data), dtype=torch.float64)
     if sigma is not None:
         return torch.as_tensor(check_positive(sigma, "sigma"), dtype=torch.float64)
     return kde_width(n, d) * scale
@@ -177,12 +184,15 @@ def _rms_std(x: torch.Tensor, dim=None) -> torch.Tensor:
     return torch.where(rms > 0, rms, torch.ones_like(rms))
 
 
-def kde_entropy(t, bound: str = "upper", sigma: float | None = None, standardize: bool = True) -> float:
+def kde_entropy(t, bound: str = "upper", sigma: float | str | None = None, standardize: bool = True) -> float:
     """Bound on the differential entropy (nats) of ``T + s*Z``, T uniform over the rows of ``t``.
 
     ``bound="upper"`` (or ``"mixture_upper"``) uses the KL pairwise bound, ``"lower"`` (or
-    ``"mixture_lower"``) the Bhattacharyya one; both are rigorous for an entropy. ``sigma`` is in units of each dimension's std when ``standardize`` (the
-    default: z-score each column); the returned entropy is that of the raw-scale variable.
+    ``"mixture_lower"``) the Bhattacharyya one; both are rigorous for an entropy. For smooth
+    (not clustered) data they are loose by about d/2 and (d/2) ln(4/e) = 0.19 d nats
+    respectively, offsets that cancel in an MI. ``sigma`` is in units of each dimension's std
+    when ``standardize`` (the default: z-score each column); the returned entropy is that of
+    the raw-scale variable.
     """
     _check_bound(bound)
     x = as_matrix(t, "t")
@@ -190,10 +200,10 @@ def kde_entropy(t, bound: str = "upper", sigma: float | None = None, standardize
     if standardize:
         z, std = zscore(x)
         log_scale = float(torch.log(std).sum())
-        s = _width(sigma, n, d, _one)
+        s = _width(sigma, n, d, _one, z)
     else:
         z, log_scale = x, 0.0
-        s = _width(sigma, n, d, _rms_std(x))
+        s = _width(sigma, n, d, _rms_std(x), z)
     (kl,), (bd,) = _segment_entropies(_rows_sqdist(z), [(0, n)], 1, 1.0 / (2.0 * s * s))
     h = kl if bound in ("upper", "mixture_upper") else bd
     component = 0.5 * d * math.log(2.0 * math.pi * math.e * float(s) ** 2)
@@ -204,7 +214,7 @@ def kde_mi(
     t,
     y,
     bound: str = "upper",
-    sigma: float | None = None,
+    sigma: float | str | None = None,
     standardize: bool = True,
     discrete_y: bool | None = None,
 ) -> float:
@@ -212,14 +222,15 @@ def kde_mi(
 
     ``t``: ``[N, d]`` activations. ``y``: ``[N]`` integer labels or ``[N, k]`` continuous values
     (``discrete_y`` overrides the guess). ``sigma``: kernel std, in per-dimension std units
-    when ``standardize``; default Silverman's rule (see :func:`kde_width`).
+    when ``standardize``; default Silverman's rule (see :func:`kde_width`); ``"median"``: the
+    median heuristic on the data smoothed, for many dimensions.
     """
     _check_bound(bound)
     x = _prepare(as_matrix(t, "t"), standardize)
     n, d = x.shape
     labels, yc = split_y(y, n, discrete_y)
     if labels is not None:
-        s = _width(sigma, n, d, _one if standardize else _rms_std(x))
+        s = _width(sigma, n, d, _one if standardize else _rms_std(x), x)
         order, segments = sort_by_label(labels)
         xs = x[order]
         sq = _rows_sqdist(xs)
@@ -233,7 +244,8 @@ def kde_mi(
             mi = min(max(mi, 0.0), label_entropy(labels))
         return mi
     yv = _prepare(yc, standardize)
-    s = _width(sigma, n, d + yv.shape[1], _one if standardize else _rms_std(torch.cat([x, yv], 1)))
+    xy = torch.cat([x, yv], 1)
+    s = _width(sigma, n, d + yv.shape[1], _one if standardize else _rms_std(xy), xy)
     (ht_kl, hy_kl, hj_kl), (ht_bd, hy_bd, hj_bd) = _segment_entropies(
         _rows_sqdist(x, yv), [(0, n)], 1, 1.0 / (2.0 * s * s)
     )
@@ -245,7 +257,7 @@ def kde_channel_mi(
     acts,
     y,
     bound: str = "upper",
-    sigma: float | None = None,
+    sigma: float | str | None = None,
     standardize: bool = True,
     discrete_y: bool | None = None,
 ) -> np.ndarray:
@@ -253,7 +265,10 @@ def kde_channel_mi(
 
     Same model, bounds and width rule as :func:`kde_mi` with d = 1 (labels) or 1 + k
     (continuous ``[N, k]`` y). Channels are processed in batches sized so each ``[C_b, rows, N]``
-    block stays within a fixed memory budget.
+    block stays within a fixed memory budget. The pairwise kernels are evaluated in float32
+    (the pass is memory-bound: half the time of float64), which moves each value by ~1e-6
+    nats; per-row logs are accumulated in float64. Measured on 1 CPU core: ~0.35 s per
+    channel at N=5000 with labels.
     """
     _check_bound(bound)
     x = as_matrix(acts, "acts")
@@ -267,12 +282,16 @@ def kde_channel_mi(
         p = label_counts(labels)
         p = p[p > 0] / n
         h_y = label_entropy(labels)
-        yv, d_total = None, 1
+        yv, yv32, d_total = None, None, 1
     else:
         order, segments, p, h_y = None, [(0, n)], None, None
         yv = _prepare(yc, standardize)
         d_total = 1 + yv.shape[1]
-    if sigma is not None:
+        yv32 = yv.to(torch.float32)
+    if sigma == "median":
+        cols = [x[:, i : i + 1] if yv is None else torch.cat([x[:, i : i + 1], yv], 1) for i in range(c)]
+        s = torch.tensor([median_width(col) for col in cols], dtype=torch.float64)
+    elif sigma is not None:
         s = torch.full((c,), check_positive(sigma, "sigma"), dtype=torch.float64)
     elif standardize:
         s = torch.full((c,), kde_width(n, d_total), dtype=torch.float64)
@@ -283,11 +302,11 @@ def kde_channel_mi(
         s = kde_width(n, d_total) * var.sqrt()
     per_channel = max(1, BLOCK_ELEMENTS // (n * n))
     out = np.empty(c)
-    xt = x.T.contiguous()
+    xt = x.T.contiguous().to(torch.float32)
     for c0 in range(0, c, per_channel):
         c1 = min(c, c0 + per_channel)
-        inv = (1.0 / (2.0 * s[c0:c1] ** 2))[:, None, None]
-        sq = _channel_sqdist(xt[c0:c1], yv)
+        inv = (1.0 / (2.0 * s[c0:c1] ** 2))[:, None, None].to(torch.float32)
+        sq = _channel_sqdist(xt[c0:c1], yv32)
         if labels is not None:
             (a_kl,), (a_bd,) = _segment_entropies(sq, [(0, n)], c1 - c0, inv)
             (k_kl,), (k_bd,) = _segment_entropies(sq, segments, c1 - c0, inv)

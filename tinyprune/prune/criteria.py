@@ -22,6 +22,7 @@ class Criterion:
     # make(model, calibration inputs, labels) -> torch_pruning Importance
     make: Callable[[nn.Module, np.ndarray, np.ndarray], object]
     global_ranking: bool  # one ranking across layers (layers lose different fractions) or per layer
+    skip_units: bool = False  # first remove whole residual/concat units (MSPIC), then channels
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -66,5 +67,7 @@ def _mi(model, x, y):
 
 register(Criterion("mi", "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking",
                    _mi, True))
+register(Criterion("mspic", "MSPIC: remove residual/concat units by MI clustering, then mi channels to the target",
+                   _mi, True, skip_units=True))
 register(Criterion("l1", "L1 norm of each filter (Li et al. 2016), same ratio in every layer", _l1, False))
 register(Criterion("random", "uniformly random channels, same ratio in every layer (baseline)", _random, False))

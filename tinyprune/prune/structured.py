@@ -8,7 +8,7 @@ pruner advances in small steps and stops at the first step that meets the target
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ class PruneResult:
     layers: list[dict]  # name, channels_before, channels_after
     steps: int
     kept: dict[str, list[int]]  # per layer: original indices of the output channels that remain
+    units: list[dict] = field(default_factory=list)  # MSPIC stage records (skip-unit criteria only)
 
 
 def _output_layers(model: nn.Module, classes: int) -> list[nn.Module]:
@@ -47,15 +48,24 @@ def _widths(model: nn.Module) -> dict[str, int]:
 
 
 def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_calib: np.ndarray,
-                  classes: int) -> PruneResult:
-    """Return a pruned copy of ``model`` with at most (1 - sparsity) of its MACs."""
+                  classes: int, retrain=None) -> PruneResult:
+    """Return a pruned copy of ``model`` with at most (1 - sparsity) of its MACs.
+
+    ``retrain(model) -> model`` fine-tunes between MSPIC stages (skip-unit criteria only).
+    """
     import torch_pruning as tp
 
     model = copy.deepcopy(model).eval()
     example = torch.from_numpy(x_calib[:1])
     macs0, params0 = count_torch(model, example)
     before = _widths(model)
-    kept = {name: list(range(width)) for name, width in before.items()}
+    units: list[dict] = []
+    if cfg.sparsity > 0 and get_criterion(cfg.criterion).skip_units:
+        from tinyprune.prune.skip_units import mspic
+
+        model, units = mspic(model, x_calib, y_calib, retrain=retrain)
+        model.eval()
+    kept = {name: list(range(width)) for name, width in before.items() if name in _widths(model)}
     if cfg.sparsity == 0:
         return PruneResult(model, macs0, macs0, params0, params0,
                            [{"name": k, "channels_before": v, "channels_after": v} for k, v in before.items()], 0, kept)
@@ -76,9 +86,10 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
         round_to=None,
     )
     names = {m: n for n, m in model.named_modules()}
-    macs = macs0
+    macs = count_torch(model, example)[0]  # skip-unit removal may already have met the target
     steps = 0
-    for steps in range(1, cfg.max_steps + 1):
+    while macs > target and steps < cfg.max_steps:
+        steps += 1
         for group in pruner.step(interactive=True):
             # Follow each channel's identity through the steps, for the per-layer report.
             for dep, idxs in group:
@@ -88,8 +99,6 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
                     kept[name] = [c for pos, c in enumerate(kept[name]) if pos not in drop]
             group.prune()
         macs, _ = count_torch(model, example)
-        if macs <= target:
-            break
     if macs > target * 1.02:
         raise ConfigError(
             f"could not remove {cfg.sparsity:.0%} of MACs with criterion {cfg.criterion} "
@@ -98,4 +107,4 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     macs1, params1 = count_torch(model, example)
     after = _widths(model)
     layers = [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
-    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept)
+    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept, units)

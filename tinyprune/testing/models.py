@@ -32,35 +32,49 @@ def digits_cnn() -> nn.Module:
     )
 
 
+class DWBlock(nn.Module):
+    """A depthwise-separable block whose output is added back to its input."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return torch.relu(x + self.pw(self.dw(x)))
+
+
 class DWResidual(nn.Module):
-    """Stem, then a depthwise-separable block whose output is added back to its input."""
+    """Stem, then two residual depthwise-separable blocks (two skip-units), pooled classifier."""
 
     def __init__(self, width: int = 16):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU())
-        self.pw = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width))
+        self.block1 = DWBlock(width)
+        self.block2 = DWBlock(width)
         self.head = nn.Linear(width, 10)
 
     def forward(self, x):
-        x = self.stem(x)
-        x = torch.relu(x + self.pw(self.dw(x)))
+        x = self.block2(self.block1(self.stem(x)))
         return self.head(x.mean((2, 3)))
 
 
 class ConcatNet(nn.Module):
-    """Two branches concatenated on channels (a DenseNet-style unit), then a classifier."""
+    """A two-unit dense block (each unit's output concatenated to its input), then a classifier."""
 
-    def __init__(self):
+    def __init__(self, growth: int = 12):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.branch = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.fuse = nn.Sequential(nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2))
+        self.unit1 = nn.Sequential(nn.Conv2d(16, growth, 3, padding=1), nn.BatchNorm2d(growth), nn.ReLU())
+        self.unit2 = nn.Sequential(nn.Conv2d(16 + growth, growth, 3, padding=1), nn.BatchNorm2d(growth), nn.ReLU())
+        self.fuse = nn.Sequential(nn.BatchNorm2d(16 + 2 * growth), nn.Conv2d(16 + 2 * growth, 32, 1), nn.ReLU(),
+                                  nn.MaxPool2d(2))
         self.head = nn.Linear(32 * 4 * 4, 10)
 
     def forward(self, x):
         x = self.stem(x)
-        x = torch.cat([x, self.branch(x)], dim=1)
+        x = torch.cat([x, self.unit1(x)], dim=1)
+        x = torch.cat([x, self.unit2(x)], dim=1)
         return self.head(torch.flatten(self.fuse(x), 1))
 
 
