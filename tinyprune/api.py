@@ -25,6 +25,7 @@ from tinyprune.train import Progress, _quiet
 
 ARTIFACTS = ("model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
              "report.json", "report.md")
+DEEPCOMPRESS_ARTIFACTS = ("model.tpz", "model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,16 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
                                accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                                details={"epochs": cfg.finetune.epochs}))
 
+    deep = None
+    if cfg.deepcompress is not None:
+        from tinyprune.deepcompress.stage import run_deepcompress
+
+        deep = run_deepcompress(tuned, splits.x_train, splits.y_train, splits.x_eval, splits.y_eval,
+                                cfg.deepcompress, cfg.seed, progress)
+        records.extend(deep.records)
+        (tmp / "model.tpz").write_bytes(deep.archive)
+        tuned = deep.model
+
     t = time.perf_counter()
     tuned.eval()
     try:
@@ -167,6 +178,10 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         },
     ))
 
+    if deep is not None:
+        records.append(_lut_stage(int8_bytes, xq[:n_check], splits.y_eval[:n_check], tflm_pred, cfg, tmp))
+
+    artifacts = ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep is not None else ())
     report = Report(
         tool_version=__version__,
         model={"path": str(source.path), "format": loaded.format, "input_shape": [1, *splits.sample_shape],
@@ -176,11 +191,39 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         config=cfg.to_dict(),
         stages=records,
         layers=layers,
-        artifacts=[str(out / a) for a in ARTIFACTS],
+        artifacts=[str(out / a) for a in artifacts],
+        compression=deep.to_dict() if deep is not None else None,
     )
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp / "report.md").write_text(to_markdown(report))
     return report
+
+
+def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred: np.ndarray, cfg, tmp: Path):
+    """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
+    from tinyprune.export import micro
+    from tinyprune.export.lut import lut_compress, verify_bit_exact
+    from tinyprune.measure.macs import count_tflite
+
+    t = time.perf_counter()
+    lut = lut_compress(int8_bytes, max_bits=cfg.deepcompress.bits)
+    check = verify_bit_exact(int8_bytes, lut.model, xq)
+    if not check["bit_exact"]:
+        raise ExportError(f"the LUT-compressed model differs from the int8 model in TFLM on "
+                          f"{check['samples_differing']} of {check['samples']} samples; please report this model")
+    (tmp / "model_int8_lut.tflite").write_bytes(lut.model)
+    source_cc, header = micro.c_array(lut.model, "g_model_lut_data", "model_lut_data.h")
+    (tmp / "model_lut_data.cc").write_text(source_cc)
+    (tmp / "model_lut_data.h").write_text(header)
+    counted = count_tflite(int8_bytes)  # the DECODE graph computes the same layers
+    return StageRecord(
+        "int8_lut", counted["params"], counted["macs"],
+        # outputs are bit-identical to the int8 model's in TFLM on these samples
+        float((int8_tflm_pred == y).mean()), time.perf_counter() - t,
+        flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
+        details={"lut": lut.to_dict(), "tflm_check": check,
+                 "accuracy_measured_on": f"{check['samples']} held-out samples in TFLM"},
+    )
 
 
 ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2

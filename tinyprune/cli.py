@@ -46,6 +46,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", default="l1", help="channel importance criterion (default l1; see `tinyprune criteria`)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs after pruning")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, pruning and training (default 0)")
+    p.add_argument("--no-deepcompress", action="store_true",
+                   help="skip Deep Compression (weight pruning, k-means weight sharing, Huffman archive, TFLM LUT model)")
+    p.add_argument("--weight-sparsity", type=_sparsity, default=0.5,
+                   help="fraction of each layer's remaining weights set to zero by magnitude (default 0.5)")
+    p.add_argument("--bits", default=None,
+                   help="shared-weight index bits: one number or per kind, e.g. conv=8,fc=5 (compress default, "
+                        "as in the paper; the demo uses 4 so that its LUT model shrinks)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")
 
@@ -86,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--seed", type=int, default=0)
     ana.add_argument("--json", action="store_true", help="print mi.json on stdout")
 
+    unpack = sub.add_parser("unpack", help="decode a model.tpz archive back to the exact weights (weights.npz)",
+                            epilog=EPILOG)
+    unpack.add_argument("archive", type=Path, help="a .tpz file written by compress")
+    unpack.add_argument("--out", type=Path, required=True, help="folder for weights.npz")
+
     sub.add_parser("targets", help="list the known microcontroller targets")
     sub.add_parser("criteria", help="list the pruning criteria")
     return parser
@@ -95,7 +107,16 @@ def _config(args):
     from tinyprune.config import CompressConfig, DataConfig, FinetuneConfig, PruneConfig
 
     epochs = args.finetune_epochs if args.finetune_epochs is not None else (8 if args.command == "demo" else 3)
+    deep = None
+    if not args.no_deepcompress:
+        from tinyprune.deepcompress.stage import DeepCompressConfig
+
+        # lut_ready: one of the 2^b codes stays for the pruned zero, so the int8 model
+        # LUT-compresses at b bits per channel (the deployable half of Deep Compression).
+        bits = args.bits or ("4" if args.command == "demo" else "conv=8,fc=5")
+        deep = DeepCompressConfig(weight_sparsity=args.weight_sparsity, bits=bits, lut_ready=True)
     return CompressConfig(
+        deepcompress=deep,
         target=args.target,
         seed=args.seed,
         data=DataConfig(layout=getattr(args, "layout", "auto")),
@@ -156,6 +177,23 @@ def _print_report(report) -> None:
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
 
 
+def _unpack(args) -> int:
+    import numpy as np
+
+    from tinyprune.deepcompress.archive import read_archive
+    from tinyprune.errors import InputError
+
+    if not args.archive.is_file():
+        raise InputError(f"archive not found: {args.archive}")
+    tensors = read_archive(args.archive)  # checksum and bounds checked: a bad file raises ArchiveError
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / ".weights.npz.tmp.npz"
+    np.savez(tmp, **tensors)
+    tmp.replace(args.out / "weights.npz")
+    print(f"{len(tensors)} tensors, {sum(int(t.size) for t in tensors.values()):,} values -> {args.out / 'weights.npz'}")
+    return 0
+
+
 def _print_mi(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -197,6 +235,9 @@ def _run(args) -> int:
         for c in CRITERIA.values():
             print(f"{c.name:10} {c.description}")
         return 0
+
+    if args.command == "unpack":
+        return _unpack(args)
 
     if args.command == "analyze":
         from tinyprune.config import CompressConfig, DataConfig

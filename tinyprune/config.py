@@ -27,7 +27,7 @@ class DataConfig:
 class PruneConfig:
     criterion: str = "l1"
     sparsity: float = 0.5  # fraction of MACs removed
-    max_steps: int = 40  # pruning proceeds in this many small steps until the MAC target is met
+    max_steps: int = 40  # at least this many steps (about 1 % of the channels each) to the MAC target
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
@@ -50,7 +50,7 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 18
-    tflm_check_samples: int = 100  # held-out samples also run through the TFLM interpreter
+    tflm_check_samples: int = 1000  # held-out samples also run through the TFLM interpreter
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,14 @@ class CompressConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # tinyprune.deepcompress.stage.DeepCompressConfig, or None to skip the stage. Kept untyped
+    # here so that reading a config does not import torch.
+    deepcompress: object | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["deepcompress"] = self.deepcompress.to_dict() if self.deepcompress is not None else None
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressConfig":
@@ -71,7 +76,13 @@ class CompressConfig:
         data = dict(d.pop("data", {}))
         if data.get("input_shape") is not None:
             data["input_shape"] = tuple(data["input_shape"])
+        deep = d.pop("deepcompress", None)
+        if deep is not None:
+            from tinyprune.deepcompress.stage import DeepCompressConfig
+
+            deep = DeepCompressConfig(**deep)
         return cls(
+            deepcompress=deep,
             data=DataConfig(**data),
             prune=PruneConfig(**d.pop("prune", {})),
             finetune=FinetuneConfig(**d.pop("finetune", {})),

@@ -121,7 +121,8 @@ def test_export_failure_names_the_op_and_leaves_nothing(capsys, tmp_path, cnn_fi
 
     monkeypatch.setattr(onnx2tf, "convert", failing_convert)
     out = tmp_path / "o"
-    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", out, "--finetune-epochs", "0")
+    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", out, "--finetune-epochs", "0",
+                    "--no-deepcompress")
     assert code == 3
     assert_one_line(err, "onnx2tf int8 conversion failed at ONNX op /features/Conv_2 (Conv)")
     assert not out.exists()
@@ -133,3 +134,23 @@ def test_bad_option_values(capsys):
         main(["compress", "m.pt", "--sparsity", "1.5"])
     assert exc.value.code == 2
     assert "must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_unpack_rejects_damaged_archives(capsys, tmp_path, damage):
+    from tinyprune.deepcompress.archive import pack
+    from tinyprune.deepcompress.quantize import cluster_model
+
+    model = MODELS["mlp"]().eval()
+    data = bytearray(pack(cluster_model(model, bits="4"), {}))
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x10
+    else:
+        data = bytearray(b"TPZ1" + bytes(range(256)) * 4)
+    (tmp_path / "m.tpz").write_bytes(bytes(data))
+    code, err = run(capsys, "unpack", tmp_path / "m.tpz", "--out", tmp_path / "u")
+    assert code == 2
+    assert_one_line(err)
+    assert not (tmp_path / "u" / "weights.npz").exists()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinyprune.api import ARTIFACTS
+from tinyprune.api import ARTIFACTS, DEEPCOMPRESS_ARTIFACTS
+from tinyprune.deepcompress.archive import read_archive
 from tinyprune.cli import main
 from tinyprune.export.micro import tflm_outputs
 from tinyprune.export.tflite import io_details, quantize, to_device_layout
@@ -27,10 +28,10 @@ def _save(model, fmt, path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, fmt, extra", [
-    ("cnn_bn", "pickled-module", []),
-    ("dw_residual", "exported-program", ["--criterion", "mi"]),
-    ("concat_net", "torchscript", ["--criterion", "mi"]),
-    ("mlp", "state-dict", ["--arch", "tinyprune.testing.models:mlp"]),
+    ("cnn_bn", "pickled-module", ["--bits", "4"]),
+    ("dw_residual", "exported-program", ["--criterion", "mi", "--no-deepcompress"]),
+    ("concat_net", "torchscript", ["--criterion", "mspic", "--no-deepcompress"]),
+    ("mlp", "state-dict", ["--arch", "tinyprune.testing.models:mlp", "--bits", "conv=8,fc=5"]),
 ])
 def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, extra):
     model = trained(name).eval()
@@ -42,12 +43,21 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS)
+    deep = "--no-deepcompress" not in extra
+    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep else ()))
     assert report == json.loads((out / "report.json").read_text())
     assert report["model"]["format"] == fmt and report["data"]["layout"] == "nhwc"
     assert report["target"]["name"] == "cortex-m4" and report["target"]["flash_bytes"] > 0
     stages = {s["name"]: s for s in report["stages"]}
-    assert list(stages) == ["original", "pruned", "finetuned", "int8"]
+    if deep:
+        assert list(stages) == ["original", "pruned", "finetuned", "weight_pruned", "clustered", "huffman", "int8",
+                                "int8_lut"]
+        _check_deep_compression(report, stages, out, tmp_path)
+    else:
+        assert list(stages) == ["original", "pruned", "finetuned", "int8"]
+    if "mspic" in extra:
+        units = stages["pruned"]["details"]["skip_unit_stages"]
+        assert units and units[0]["kinds"] == ["concat", "concat"]
     orig, tuned, int8 = stages["original"], stages["finetuned"], stages["int8"]
     # MACs removed as asked, counted on the PyTorch model and again on the TFLite graph
     assert tuned["macs"] <= 0.5 * orig["macs"] * 1.02
@@ -67,13 +77,38 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert reloaded(torch.rand(1, 1, 8, 8)).shape == (1, 10)
 
 
+def _check_deep_compression(report, stages, out, tmp_path):
+    lut, int8 = stages["int8_lut"], stages["int8"]
+    check = lut["details"]["tflm_check"]
+    assert check["bit_exact"] and check["samples"] == report["data"]["eval"]
+    assert lut["flash_bytes"] == (out / "model_int8_lut.tflite").stat().st_size
+    compressed = [t for t in lut["details"]["lut"]["tensors"] if t["compressed"]]
+    if report["config"]["deepcompress"]["bits"] == "4":
+        assert compressed and lut["flash_bytes"] < int8["flash_bytes"]
+    for t in lut["details"]["lut"]["tensors"]:
+        assert t["compressed"] or t["reason"]  # every tensor left as is says why
+    ratios = report["compression"]["sizes"]["ratios"]
+    assert 1 < ratios["P"] < ratios["P+Q"] < ratios["P+Q+H"]
+    assert report["compression"]["archive_bytes"] == (out / "model.tpz").stat().st_size
+    # `tinyprune unpack` rebuilds exactly the weights the int8 model was made from
+    assert main(["unpack", str(out / "model.tpz"), "--out", str(tmp_path / "unpacked")]) == 0
+    weights = np.load(tmp_path / "unpacked" / "weights.npz")
+    assert set(weights.files) == set(read_archive(out / "model.tpz"))
+    for name in weights.files:
+        assert np.array_equal(weights[name], read_archive(out / "model.tpz")[name])
+    bits = 4 if report["config"]["deepcompress"]["bits"] == "4" else 8
+    for name in weights.files:
+        if name.endswith("weight") and weights[name].ndim >= 2:
+            assert len(np.unique(weights[name])) <= 2 ** bits
+
+
 @pytest.mark.slow
 def test_measured_arena_is_the_smallest_that_runs(tmp_path, trained, digits_npz):
     model = trained("cnn_bn").eval()
     torch.save(model, tmp_path / "m.pt")
     out = tmp_path / "out"
     assert main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(out),
-                 "--finetune-epochs", "0", "--quiet"]) == 0
+                 "--finetune-epochs", "0", "--no-deepcompress", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     arena = report["stages"][-1]["arena_bytes"]
     blob = (out / "model_int8.tflite").read_bytes()

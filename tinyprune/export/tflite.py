@@ -93,8 +93,10 @@ def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> by
 def litert_interpreter(model_bytes: bytes):
     from ai_edge_litert.interpreter import Interpreter
 
-    with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
-        return Interpreter(model_content=model_bytes)
+    with captured_output():  # LiteRT announces its XNNPACK delegate on stderr when allocating
+        it = Interpreter(model_content=model_bytes)
+        it.allocate_tensors()
+    return it
 
 
 def io_details(model_bytes: bytes) -> dict:
@@ -116,7 +118,6 @@ def quantize(x_device: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 def litert_predict(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
     """Class predictions of the int8 model in LiteRT, one sample at a time (batch is fixed to 1)."""
     it = litert_interpreter(model_bytes)
-    it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     scale, zero = inp["quantization"]
     xq = quantize(to_device_layout(x_nchw), scale, zero)

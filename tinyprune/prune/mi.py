@@ -13,9 +13,10 @@ Score of channel c of a layer (seed 000's relevance-with-redundancy view, seed 0
   set of redundant channels only the most relevant is kept.
 
 Scores are in nats of the same label variable in every layer, so one global ranking decides
-how much each layer loses; ``max_pruning_ratio`` (0.9) is the floor that keeps 10 % of every
-layer. Activations are re-captured after every pruning step (one forward pass over the
-analysis samples), since removing channels changes what the others carry downstream.
+how much each layer loses; a floor keeps at least 20 % of every layer. Scores are re-measured
+(one forward pass over the analysis samples) whenever another 10 % of the channels present at
+the last measurement have gone, since removing channels changes what the others carry
+downstream; in between, each remaining channel keeps its last measured score.
 """
 
 from __future__ import annotations
@@ -46,38 +47,58 @@ def layer_scores(acts: torch.Tensor, y: np.ndarray, method: str = "kde", beta: f
 
     relevance = torch.as_tensor(channel_mi(acts, y, method=method), dtype=torch.float64)
     discount = redundancy_discount(acts.double(), relevance, beta)
-    return {"relevance": relevance, "score": relevance * discount}
+    score = relevance * discount
+    # Per-channel MI grows with depth (late features are class-specific, early ones generic but
+    # needed by everything after them), so raw nats would starve the first layers. The global
+    # ranking compares each channel with the best channel of its own layer instead.
+    return {"relevance": relevance, "score": score / score.max().clamp_min(1e-12)}
 
 
 class MIImportance:
     """torch-pruning importance: per-channel MI scores of the group's conv/linear outputs."""
 
+    REMEASURE = 0.10  # re-measure after this fraction of the channels has gone
+
     def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = "kde", beta: float = BETA):
         self.model, self.x, self.y = model, x, y
         self.method, self.beta = method, beta
-        self._shapes = None
-        self._scores: dict[nn.Module, dict] = {}
+        self.kept: dict[str, list[int]] | None = None  # channel identities, kept up to date by the pruner
+        self._measured: dict[str, tuple[list[int], dict]] = {}  # layer -> (ids then, scores then)
+        self._channels_then = 0
+
+    def _channels(self) -> int:
+        return sum(m.weight.shape[0] for m in self.model.modules() if isinstance(m, _PRUNABLE))
 
     def _refresh(self) -> None:
-        shapes = tuple(tuple(m.weight.shape) for m in self.model.modules() if isinstance(m, _PRUNABLE))
-        if shapes == self._shapes:
+        now = self._channels()
+        if self._measured and (self.kept is not None and now > (1 - self.REMEASURE) * self._channels_then):
             return
         from tinyprune.information import capture_activations
 
         acts = capture_activations(self.model, self.x, summary="mean")
-        modules = dict(self.model.named_modules())
-        self._scores = {modules[name]: layer_scores(a, self.y, self.method, self.beta) for name, a in acts.items()}
-        self._shapes = shapes
+        self._measured = {
+            name: (list(self.kept[name]) if self.kept and name in self.kept else list(range(a.shape[1])),
+                   layer_scores(a, self.y, self.method, self.beta))
+            for name, a in acts.items()
+        }
+        self._channels_then = now
 
-    def scores_of(self, module: nn.Module) -> dict | None:
-        self._refresh()
-        return self._scores.get(module)
+    def _current(self, name: str) -> dict | None:
+        """The layer's last measured scores, for the channels it has now."""
+        if name not in self._measured:
+            return None
+        ids_then, scores = self._measured[name]
+        ids_now = self.kept.get(name, ids_then) if self.kept is not None else ids_then
+        pos = {c: i for i, c in enumerate(ids_then)}
+        idx = torch.tensor([pos[c] for c in ids_now])
+        return {k: v[idx] for k, v in scores.items()}
 
     def __call__(self, group) -> torch.Tensor:
         self._refresh()
+        names = {m: n for n, m in self.model.named_modules()}
         total, count = None, None
         for i, (dep, idxs) in enumerate(group):
-            scores = self._scores.get(dep.layer)
+            scores = self._current(names.get(dep.layer, ""))
             if scores is None or not removes_outputs(dep):
                 continue
             root = torch.as_tensor(group[i].root_idxs)

@@ -33,6 +33,7 @@ class Report:
     stages: list[StageRecord]
     layers: list[dict]
     artifacts: list[str]
+    compression: dict | None = None  # Deep Compression: archive sizes, ratios, per-layer table
     schema_version: int = SCHEMA_VERSION
 
     def stage(self, name: str) -> StageRecord:
@@ -57,5 +58,6 @@ class Report:
             "stages": [s.to_dict() for s in self.stages],
             "layers": self.layers,
             "fits_target": self.fits,
+            "compression": self.compression,
             "artifacts": self.artifacts,
         }

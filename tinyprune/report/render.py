@@ -77,6 +77,44 @@ def to_markdown(report: Report) -> str:
             f"{i['zero_point']}: q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} "
             f"with scale {o['scale']:.6g}, zero point {o['zero_point']}.",
         ]
+    if r.compression:
+        c = r.compression
+        ratios = c["sizes"]["ratios"]
+        lines += [
+            "",
+            "## Deep Compression (archive `model.tpz`)",
+            "",
+            f"Dense fp32 {c['sizes']['dense_bytes']:,} B -> archive {c['archive_bytes']:,} B. Compression vs fp32: "
+            f"pruning {ratios['P']:.1f}x, + quantization {ratios['P+Q']:.1f}x, + Huffman {ratios['P+Q+H']:.1f}x "
+            "(the paper's P / P+Q / P+Q+H). `tinyprune unpack model.tpz --out DIR` rebuilds the exact weights.",
+            "",
+            "| layer | weights | kept | clusters | index bits (Huffman) | entropy bound | gap bits (Huffman) | bytes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in c["table"]:
+            lines.append(
+                f"| {row.get('name', row.get('layer', 'total'))} | {row.get('weights', '')} | {row.get('kept_pct', 0):.1f} % | "
+                f"{row.get('clusters', '')} | {row.get('index_bits_huffman', float('nan')):.2f} | "
+                f"{row.get('index_entropy', float('nan')):.2f} | {row.get('gap_bits_huffman', float('nan')):.2f} | "
+                f"{row.get('bytes', '')} |")
+    lut_stage = next((s for s in r.stages if s.name == "int8_lut"), None)
+    if lut_stage is not None:
+        lut = lut_stage.details["lut"]
+        check = lut_stage.details["tflm_check"]
+        lines += [
+            "",
+            "## Deployable weight-shared model (`model_int8_lut.tflite`, TFLM DECODE/LUT)",
+            "",
+            f"Flash {lut['flash_before']:,} -> {lut['flash_after']:,} B; arena {check['arena_before']:,} -> "
+            f"{check['arena_after']:,} B (decoded weights live in the arena). Outputs bit-exact with the int8 "
+            f"model in TFLM on {check['samples']} held-out samples: {'yes' if check['bit_exact'] else 'NO'}.",
+            "",
+            "| tensor | ops | shape | values/channel | bits | compressed | why not |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in lut["tensors"]:
+            lines.append(f"| {t['name']} | {', '.join(t['ops'])} | {t['shape']} | {t['distinct_max']} | {t['bits']} | "
+                         f"{'yes' if t['compressed'] else 'no'} | {t['reason'] or ''} |")
     if r.layers:
         lines += ["", "## Layers", "", "| layer | channels before | channels after |", "|---|---|---|"]
         lines += [f"| {l['name']} | {l['channels_before']} | {l['channels_after']} |" for l in r.layers]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 
 from tinyprune.errors import ConfigError
+
+# Op kinds of the latency model. MAC kinds are timed by MACs per cycle, the others by cycles per
+# element they produce (see tinyprune/measure/macs.py for which TFLite/ONNX/aten op is which kind).
+MAC_KINDS = ("conv", "depthwise_conv", "fully_connected")
+ELEMENT_KINDS = ("elementwise", "pool", "softmax", "data_movement")
 
 
 @dataclass(frozen=True)
@@ -18,9 +24,30 @@ class Target:
     ram_bytes: int
     clock_hz: int
     fpu: bool
+    # --- cost model (see SCHEMA.md); dicts are left out of the hash, the dataclass stays frozen
+    kernels: str = ""
+    macs_per_cycle: dict = field(default_factory=dict, hash=False)
+    macs_per_cycle_reference: dict = field(default_factory=dict, hash=False)
+    float_macs_per_cycle: float = 0.0
+    cycles_per_element: dict = field(default_factory=dict, hash=False)
+    cycles_per_element_reference: dict = field(default_factory=dict, hash=False)
+    op_overhead_cycles: int = 0
+    pj_per_cycle: float = 0.0
+    runtime_flash_bytes: int = 0
+    runtime_ram_bytes: int = 0
+    tflm_ops: tuple = ()
+    tflm_custom_ops: tuple = ()
+    calibration: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["tflm_ops"] = list(self.tflm_ops)
+        d["tflm_custom_ops"] = list(self.tflm_custom_ops)
+        return d
+
+    def supports(self, op: str) -> bool:
+        """Whether the target's TFLM build has a kernel for ``op`` (builtin name or custom code)."""
+        return op in self.tflm_ops or op in self.tflm_custom_ops
 
 
 _FIELDS = {
@@ -31,6 +58,19 @@ _FIELDS = {
     "ram_bytes": int,
     "clock_hz": int,
     "fpu": bool,
+    "kernels": str,
+    "macs_per_cycle": "rates:" + ",".join(MAC_KINDS),
+    "macs_per_cycle_reference": "rates:" + ",".join(MAC_KINDS),
+    "float_macs_per_cycle": float,
+    "cycles_per_element": "rates:" + ",".join(ELEMENT_KINDS),
+    "cycles_per_element_reference": "rates:" + ",".join(ELEMENT_KINDS),
+    "op_overhead_cycles": "count",
+    "pj_per_cycle": float,
+    "runtime_flash_bytes": "count",
+    "runtime_ram_bytes": "count",
+    "tflm_ops": "ops",
+    "tflm_custom_ops": "ops",
+    "calibration": str,
 }
 
 
@@ -43,23 +83,58 @@ def names() -> list[str]:
     return sorted(_files())
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(where: str, key: str, kind, value):
+    # bool is a subclass of int: do not let `flash_bytes = true` through.
+    if kind is float:
+        if not _is_number(value) or value <= 0:
+            raise ConfigError(f"{where}: '{key}' must be a number > 0, got {value!r}")
+        return float(value)
+    if kind == "count":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: '{key}' must be an integer >= 0, got {value!r}")
+        return value
+    if kind == "ops":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: '{key}' must be a list of op names, got {value!r}")
+        return tuple(value)
+    if isinstance(kind, str) and kind.startswith("rates:"):
+        keys = kind[len("rates:"):].split(",")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a table with keys {', '.join(keys)}")
+        missing = [k for k in keys if k not in value]
+        extra = sorted(set(value) - set(keys))
+        if missing or extra:
+            raise ConfigError(f"{where}: '{key}' needs exactly the keys {', '.join(keys)}"
+                              + (f"; missing {', '.join(missing)}" if missing else "")
+                              + (f"; unknown {', '.join(extra)}" if extra else ""))
+        for k in keys:
+            if not _is_number(value[k]) or value[k] < 0 or (key.startswith("macs") and value[k] == 0):
+                raise ConfigError(f"{where}: '{key}.{k}' must be a number {'> 0' if key.startswith('macs') else '>= 0'}, got {value[k]!r}")
+        return {k: float(value[k]) for k in keys}
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    if kind is int and value <= 0:
+        raise ConfigError(f"{where}: '{key}' must be > 0, got {value}")
+    return value
+
+
 def _validate(stem: str, raw: dict) -> Target:
     where = f"target file {stem}.toml"
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; see targets/SCHEMA.md")
+    values = {}
     for key, kind in _FIELDS.items():
         if key not in raw:
             raise ConfigError(f"{where}: missing key '{key}'; see targets/SCHEMA.md")
-        value = raw[key]
-        # bool is a subclass of int: do not let `flash_bytes = true` through.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
-        if kind is int and value <= 0:
-            raise ConfigError(f"{where}: '{key}' must be > 0, got {value}")
+        values[key] = _check(where, key, kind, raw[key])
     if raw["name"] != stem:
         raise ConfigError(f"{where}: name '{raw['name']}' does not match the file name")
-    return Target(**raw)
+    return Target(**values)
 
 
 def load(name: str) -> Target:

@@ -1,0 +1,97 @@
+"""Shared benchmark helpers: the real datasets in ../shared/datasets and the benchmark models."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("TINYPRUNE_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def load_idx(path: Path) -> np.ndarray:
+    data = gzip.open(path, "rb").read()
+    nd = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims)
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test): NCHW float32 in [0, 1], int64 labels."""
+    root = DATASETS / name
+    if not root.exists():
+        raise SystemExit(f"dataset folder not found: {root} (set TINYPRUNE_DATASETS)")
+    xs = [load_idx(root / f"{p}-images-idx3-ubyte.gz").astype(np.float32)[:, None] / 255.0 for p in ("train", "t10k")]
+    ys = [load_idx(root / f"{p}-labels-idx1-ubyte.gz").astype(np.int64) for p in ("train", "t10k")]
+    return xs[0], ys[0], xs[1], ys[1]
+
+
+def lenet5() -> nn.Module:
+    """LeNet-5 (LeCun 1998) on 28x28: padding 2 on the first conv gives the classic 32x32 geometry."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+
+
+def lenet_300_100() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """MLPerf Tiny image-classification ResNet-8 shape (16-32-64), here on 1x28x28 inputs."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer1 = BasicBlock(16, 16, 1)
+        self.layer2 = BasicBlock(16, 32, 2)
+        self.layer3 = BasicBlock(32, 64, 2)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def vgg_small() -> nn.Module:
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, 32), *block(32, 32), nn.MaxPool2d(2),
+        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
+        *block(64, 128), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(128 * 3 * 3, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+
+
+MODELS = {"lenet5": lenet5, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "vgg_small": vgg_small}
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,117 @@
+"""The measure/check commands as a user runs them, with the real converters (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyprune.testing import MODELS
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, env=None, cwd=None):
+    """`tinyprune measure|check ...` in a fresh process (python -m tinyprune.cli_measure until wired into cli.py)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "GITHUB_ACTIONS"}  # as set by the test only
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tinyprune.cli_measure", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd or REPO, timeout=900)
+
+
+def test_measure_pytorch_as_int8_through_the_real_export(tmp_path):
+    """PyTorch .pt2 -> ONNX -> onnx2tf int8 -> measured in TFLM; MACs equal FlopCounterMode's on the torch model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tinyprune.report.jsonschema_lite import errors, report_schema
+
+    model = MODELS["dw_residual"]().eval()  # depthwise conv + residual add, saved as a torch.export program
+    path = tmp_path / "dw.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(1, 1, 8, 8),)), str(path))
+    html = tmp_path / "m.html"
+    proc = cli("measure", path, "--input-shape", "1,8,8", "--int8", "--json", "--html", html, "--repeats", "10")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, 1, 8, 8))
+    assert 2 * r["totals"]["macs"] == counter.get_total_flops()
+    assert r["format"] == "tflite" and r["precision"] == "int8" and r["converted"]["from"] == "onnx"
+    assert r["totals"]["arena_bytes"] > 0 and r["totals"]["flash_bytes"] == r["converted"]["tflite_bytes"]
+    assert {"litert", "tflm", "onnxruntime"} <= set(r["latency"]["measured"])
+    assert all("median_ms" in v for v in r["latency"]["measured"].values())
+    assert errors(r, report_schema()["$defs"]["measurement"], report_schema()) == []
+    assert html.stat().st_size > 10_000
+
+
+def _keras_models(tmp_root: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("keras_builder", REPO / "tests" / "unit" / "test_measure_keras.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build_keras_models(tmp_root)
+
+
+def test_check_passes_fails_and_annotates(tmp_path, request):
+    models = _keras_models(Path(request.config.cache.mkdir("tinyprune-keras-tflite")))
+    project = tmp_path / "proj"
+    (project / "build").mkdir(parents=True)
+    shutil.copy(models / "cnn_int8.tflite", project / "build" / "model_int8.tflite")
+    budget = project / "tinyprune.toml"
+    budget.write_text('[[model]]\npath = "build/model_int8.tflite"\ntarget = "cortex-m4"\nmax_flash = "256KiB"\n'
+                      'max_ram = "64KiB"\nmax_macs = 5_000_000\nmax_latency_ms = 100\n')
+    ok = cli("check", "--junit", "junit.xml", cwd=project)
+    assert ok.returncode == 0, ok.stderr
+    assert "all budgets hold" in ok.stdout and "::error" not in ok.stdout
+    assert ET.parse(project / "junit.xml").getroot().get("failures") == "0"
+
+    budget.write_text(budget.read_text().replace('max_ram = "64KiB"', 'max_ram = "1KiB"'))
+    bad = cli("check", "--junit", "junit.xml", env={"GITHUB_ACTIONS": "true"}, cwd=project)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0 and "max_ram" in bad.stderr and "Traceback" not in bad.stderr
+    assert "::error file=tinyprune.toml,line=2,title=tinyprune budget max_ram::" in bad.stdout
+    root = ET.parse(project / "junit.xml").getroot()
+    failure = root.find("testsuite/testcase[@name='max_ram']/failure")
+    assert root.get("failures") == "1" and failure is not None and failure.get("type") == "BudgetExceeded"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on this machine (see tinyprune/report/html.py)")
+def test_report_html_renders_offline_in_chromium(tmp_path):
+    """Headless Chromium, network off: every embedded plot decodes and the page is not blank."""
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from test_measure_report import demo_like_report
+
+    from tinyprune import targets
+    from tinyprune.measure.core import measure_torch
+    from tinyprune.report.html import write_html
+
+    m = measure_torch(MODELS["cnn_bn"]().eval(), torch.rand(1, 1, 8, 8), targets.load("cortex-m4"), repeats=5)
+    page = write_html(demo_like_report((m, m)), tmp_path / "report.html").read_text()
+    # a copy that writes into the DOM whether every image decoded, for --dump-dom to read back
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", "<script>window.addEventListener('load',()=>{document.body.setAttribute("
+                                  "'data-images',[...document.images].map(i=>i.naturalWidth).join(','));});</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--hide-scrollbars"]
+    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    widths = [int(w) for w in dom.stdout.split('data-images="')[1].split('"')[0].split(",")]
+    assert len(widths) == 3 and min(widths) > 300
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), *flags, "--window-size=1200,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    dark = sum(1 for v in img.getdata() if v < 128)
+    assert dark > 0.01 * img.width * img.height  # text and plots drawn, not a blank page

@@ -1,0 +1,122 @@
+"""report.json schema and the self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+
+import pytest
+import torch
+
+from tinyprune import targets
+from tinyprune.measure.core import measure_tflite, measure_torch
+from tinyprune.report import Report, StageRecord
+from tinyprune.report.html import write_html
+from tinyprune.report.jsonschema_lite import errors, report_schema, unsupported_keywords
+from tinyprune.testing import MODELS
+
+
+@pytest.fixture(scope="module")
+def measurements():
+    from test_measure_macs import tflite_model  # the graph built in code there
+
+    t = targets.load("cortex-m4")
+    x = torch.rand(1, 1, 8, 8)
+    float_m = measure_torch(MODELS["cnn_bn"]().eval(), x, t, repeats=5)
+    int8_m = measure_tflite(tflite_model(), t, find_arena=False, timing=False)
+    return float_m, int8_m
+
+
+def demo_like_report(measurements=None) -> dict:
+    """A report shaped exactly as tinyprune.api._run builds it (demo / compress)."""
+    ops = [{"op": "CONV_2D", "output_shape": [1, 8, 8, 22], "macs": 12672},
+           {"op": "FULLY_CONNECTED", "output_shape": [1, 10], "macs": 1800}]
+    stages = [
+        StageRecord("original", 58634, 1790464, 0.99, 0.2, details={"format": "pickled-module"}),
+        StageRecord("pruned", 29479, 876312, 0.74, 6.3, details={"criterion": "l1", "steps": 12, "macs_removed": 0.51}),
+        StageRecord("finetuned", 29479, 876312, 0.997, 62.0, details={"epochs": 8}),
+        StageRecord("int8", 29255, 876312, 0.997, 37.4, flash_bytes=36600, arena_bytes=7648, details={
+            "onnx_max_abs_diff": 1.4e-06,
+            "io": {"input": {"shape": [1, 8, 8, 1], "dtype": "int8", "scale": 0.0039, "zero_point": -128},
+                   "output": {"shape": [1, 10], "dtype": "int8", "scale": 0.08, "zero_point": -16}},
+            "tflm": {"samples": 100, "accuracy": 0.99, "agreement_with_litert": 1.0}, "ops": ops}),
+    ]
+    if measurements:
+        stages[0].details["measure"] = measurements[0]
+        stages[2].details["measure"] = measurements[0]
+        stages[3].details["measure"] = measurements[1]
+    report = Report(
+        tool_version="0.1.0",
+        model={"path": "/tmp/digits_cnn.pt", "format": "pickled-module", "input_shape": [1, 1, 8, 8], "classes": 10},
+        data={"source": "sklearn.datasets.load_digits", "layout": "nchw", "sample_shape": [1, 8, 8], "classes": 10,
+              "train": 1438, "eval": 359, "calibration": 200},
+        target=targets.load("cortex-m4").to_dict(),
+        config={"target": "cortex-m4", "seed": 0},
+        stages=stages,
+        layers=[{"name": "0", "channels_before": 32, "channels_after": 22, "removed_channels": [0, 7],
+                 "reason": "lowest l1 importance", "mi_kept": 5.06, "mi_removed": 1.87, "mi_per_channel": [0.1, 0.2]}],
+        artifacts=["/tmp/out/model_int8.tflite"],
+    )
+    return report.to_dict()
+
+
+def test_schema_uses_only_what_the_validator_implements():
+    assert unsupported_keywords(report_schema()) == set()
+
+
+def test_schema_accepts_reports_with_and_without_measurements(measurements):
+    schema = report_schema()
+    assert errors(demo_like_report(), schema) == []
+    assert errors(demo_like_report(measurements), schema) == []
+    for m in measurements:
+        assert errors(m, schema["$defs"]["measurement"], schema) == []
+
+
+@pytest.mark.parametrize("breaks, where", [
+    (lambda r: r.pop("stages"), "missing required key 'stages'"),
+    (lambda r: r["stages"][0].update(macs=-1), "stages[0].macs: -1 < minimum 0"),
+    (lambda r: r["stages"][3].update(arena_bytes="7 KiB"), "stages[3].arena_bytes: expected integer or null"),
+    (lambda r: r["stages"][0].update(accuracy=1.5), "maximum 1"),
+    (lambda r: r["target"].update(fpu="yes"), "target.fpu: expected boolean"),
+    (lambda r: r["stages"][3]["details"]["measure"]["layers"][0].update(kind="lstm"), "is not one of"),
+    (lambda r: r["stages"][3]["details"]["measure"]["latency"]["measured"].update(tflm={"median_ms": 1}), "anyOf"),
+    (lambda r: r.update(schema_version=2), "expected 1"),
+])
+def test_schema_rejects_broken_reports(measurements, breaks, where):
+    report = copy.deepcopy(demo_like_report(measurements))
+    breaks(report)
+    found = errors(report, report_schema())
+    assert found and any(where in e for e in found), found
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)]
+
+
+def test_html_is_self_contained_with_plots(measurements, tmp_path):
+    from PIL import Image
+    import io
+
+    path = write_html(demo_like_report(measurements), tmp_path / "report.html")
+    page = path.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # written atomically, no temp file left
+    images = _images(page)
+    assert len(images) == 3  # stage waterfall, cost model vs measured, per-layer bars
+    for png in images:
+        img = Image.open(io.BytesIO(png))
+        assert img.format == "PNG" and img.width > 300 and img.height > 150
+        assert len(set(img.convert("L").getdata())) > 10  # something is drawn
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)  # nothing fetched from the network
+    assert "<script" not in page and "<link" not in page
+    for text in ("45 nm floor", "Target-calibrated estimate", "finetuned", "int8", "DEPTHWISE_CONV_2D",
+                 "predicted cortex-m4 ms (optimized)", "measured host ms: torch"):
+        assert text in page
+
+
+def test_html_of_a_report_without_measurements_and_of_one_measurement(measurements, tmp_path):
+    page = write_html(demo_like_report(), tmp_path / "a.html").read_text()
+    assert len(_images(page)) == 2  # waterfall + per-op MACs of the int8 graph; no cost section without data
+    assert "Cost model vs measured latency" not in page
+    page = write_html(measurements[0], tmp_path / "b.html").read_text()
+    assert len(_images(page)) == 3 and "tinyprune measurement" in page

@@ -1,0 +1,389 @@
+"""``tinyprune check``: size, RAM, MAC, latency, energy and accuracy budgets for CI.
+
+Budgets live in ``tinyprune.toml`` (or ``[tool.tinyprune]`` in ``pyproject.toml``; ``--budget
+FILE`` names another file), one ``[[model]]`` table per model::
+
+    [[model]]
+    path = "build/model_int8.tflite"   # relative to the budget file
+    target = "cortex-m4"
+    max_flash = "256KiB"     # flatbuffer (+ runtime code if include_runtime = true)
+    max_ram = "64KiB"        # measured TFLM arena (+ runtime RAM if include_runtime = true)
+    max_macs = 5_000_000
+    max_latency_ms = 100     # predicted on the target (kernels = "optimized" | "reference")
+    max_energy_uj = 50       # target-calibrated estimate: pJ/cycle x predicted cycles
+    min_accuracy = 0.90      # int8 .tflite evaluated with LiteRT on `data`
+    data = "data/test.npz"   # x (NCHW or NHWC) and y, or x_test / y_test
+    include_runtime = false
+    input_shape = [1, 28, 28]  # PyTorch / ONNX models only: one sample's shape
+
+Sizes are integers (bytes) or strings with a unit: B, kB/KB, MB, GB (powers of 1000) or
+KiB, MiB, GiB (powers of 1024), e.g. "256KiB", "1MB", "1.5 MiB".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinyprune.errors import ConfigError, DataError
+
+KEYS = {"path", "name", "target", "max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj",
+        "min_accuracy", "data", "include_runtime", "kernels", "input_shape"}
+BUDGETS = ("max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj", "min_accuracy")
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+def parse_size(value, key: str = "size") -> int:
+    """Bytes from an int or a string such as "256KiB", "1MB", "1.5 MiB", "4096"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be a size such as \"256KiB\", got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"'{key}' must be a size >= 0, got {value}")
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m:
+            unit = m.group(2).lower()
+            if unit in _UNITS:
+                return int(round(float(m.group(1).replace("_", "")) * _UNITS[unit]))
+    raise ConfigError(f"'{key}' must be a size such as \"256KiB\", \"1MB\" or 4096, got {value!r}")
+
+
+def format_size(n: int | float | None) -> str:
+    if n is None:
+        return "n/a"
+    if n >= 1024 * 1024:
+        return f"{n / 1024 / 1024:.2f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class ModelBudget:
+    path: Path
+    target: str
+    limits: dict  # budget key -> limit (bytes for sizes)
+    data: Path | None
+    include_runtime: bool
+    kernels: str
+    input_shape: tuple[int, ...] | None
+    name: str
+    line: int | None = None  # line of the table in the budget file (for CI annotations)
+
+
+@dataclass
+class Outcome:
+    model: str
+    metric: str
+    value: float | None
+    limit: float | None
+    ok: bool
+    text: str  # "300.0 KiB > 256.0 KiB"
+    detail: str = ""
+
+
+@dataclass
+class CheckResult:
+    config: Path
+    outcomes: list = field(default_factory=list)
+    unsupported: dict = field(default_factory=dict)  # model -> [ops]
+    measurements: dict = field(default_factory=dict)
+    lines: dict = field(default_factory=dict)  # model -> line of its table in the budget file
+
+    @property
+    def exceeded(self) -> list:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.exceeded and not any(self.unsupported.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "config": str(self.config),
+            "ok": self.ok,
+            "results": [o.__dict__ for o in self.outcomes],
+            "unsupported_ops": self.unsupported,
+        }
+
+
+# ------------------------------------------------------------------------------------- config
+
+def find_config(budget: Path | None, cwd: Path) -> tuple[Path, list[dict]]:
+    """(file, raw [[model]] tables) from --budget, ./tinyprune.toml or ./pyproject.toml."""
+    if budget is not None:
+        if not budget.is_file():
+            raise ConfigError(f"budget file not found: {budget}")
+        candidates = [budget]
+    else:
+        candidates = [p for p in (cwd / "tinyprune.toml", cwd / "pyproject.toml") if p.is_file()]
+    for path in candidates:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path.name} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path.name} is not a text file") from None
+        tool = raw.get("tool")
+        if "model" in raw:
+            section = raw
+        elif isinstance(tool, dict) and isinstance(tool.get("tinyprune"), dict):
+            section = tool["tinyprune"]
+        elif budget is not None:
+            raise ConfigError(f"{path.name} has no [[model]] tables (nor [tool.tinyprune])")
+        else:
+            continue
+        models = section.get("model")
+        if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
+            raise ConfigError(f"{path.name}: expected one or more [[model]] tables"
+                              f"{' under [tool.tinyprune]' if path.name == 'pyproject.toml' else ''}")
+        return path, models
+    raise ConfigError("no budgets: create tinyprune.toml with [[model]] tables, add [tool.tinyprune] to "
+                      "pyproject.toml, or pass --budget FILE")
+
+
+def _number(table: dict, key: str, where: str, positive: bool = True) -> float:
+    v = table[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v < 0):
+        raise ConfigError(f"{where}: '{key}' must be a number >= 0, got {v!r}")
+    return float(v)
+
+
+def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
+    from tinyprune import targets
+
+    text = config.read_text()
+    out = []
+    for i, t in enumerate(tables):
+        where = f"{config.name} [[model]] #{i + 1}"
+        unknown = sorted(set(t) - KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+        if not isinstance(t.get("path"), str) or not t["path"]:
+            raise ConfigError(f"{where}: needs path = \"...\" (the model file)")
+        target = t.get("target", "cortex-m4")
+        if not isinstance(target, str):
+            raise ConfigError(f"{where}: 'target' must be a string")
+        targets.load(target)  # unknown target: ConfigError listing the known ones
+        limits = {}
+        for key in ("max_flash", "max_ram"):
+            if key in t:
+                limits[key] = parse_size(t[key], key)
+        if "max_macs" in t:
+            limits["max_macs"] = _number(t, "max_macs", where)
+        for key in ("max_latency_ms", "max_energy_uj"):
+            if key in t:
+                limits[key] = _number(t, key, where)
+        data = None
+        if "min_accuracy" in t:
+            acc = _number(t, "min_accuracy", where)
+            if acc > 1:
+                raise ConfigError(f"{where}: 'min_accuracy' is a fraction in [0, 1], got {acc}")
+            limits["min_accuracy"] = acc
+            if not isinstance(t.get("data"), str):
+                raise ConfigError(f"{where}: min_accuracy needs data = \"...\" (an .npz with x and y) in the same table")
+        if "data" in t:
+            if not isinstance(t["data"], str):
+                raise ConfigError(f"{where}: 'data' must be a path string")
+            data = (config.parent / t["data"]).resolve()
+        if not limits:
+            raise ConfigError(f"{where}: no budget given (one of {', '.join(BUDGETS)})")
+        include_runtime = t.get("include_runtime", False)
+        if not isinstance(include_runtime, bool):
+            raise ConfigError(f"{where}: 'include_runtime' must be true or false")
+        kernels = t.get("kernels", "optimized")
+        if kernels not in ("optimized", "reference"):
+            raise ConfigError(f"{where}: 'kernels' must be \"optimized\" or \"reference\", got {kernels!r}")
+        shape = t.get("input_shape")
+        if shape is not None and (not isinstance(shape, list) or not shape or
+                                  not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise ConfigError(f"{where}: 'input_shape' must be a list of positive integers, e.g. [1, 28, 28]")
+        line = None
+        m = re.search(r"^\s*path\s*=\s*[\"']" + re.escape(t["path"]) + r"[\"']", text, re.M)
+        if m:
+            line = text.count("\n", 0, m.start()) + 1
+        out.append(ModelBudget((config.parent / t["path"]).resolve(), target, limits, data, include_runtime, kernels,
+                               tuple(shape) if shape else None, t.get("name") or t["path"], line))
+    return out
+
+
+# ------------------------------------------------------------------------------------- accuracy
+
+def _fit_layout(x: np.ndarray, input_shape: list[int]) -> np.ndarray:
+    """x in the model's PyTorch layout (what litert_predict takes): NCHW for 4-D device inputs."""
+    want = tuple(input_shape[1:])  # device layout, no batch
+    if x.ndim == len(want) + 1 and tuple(x.shape[1:]) == want:
+        return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x  # NHWC as stored: to NCHW
+    if x.ndim == 4 and len(want) == 3 and tuple(x.shape[1:]) == (want[2], want[0], want[1]):
+        return x  # already NCHW
+    if x.ndim == 3 and len(want) == 3 and want[2] == 1 and tuple(x.shape[1:]) == want[:2]:
+        return x[:, None]  # NHW, one channel
+    if x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(want)) and len(want) == 1:
+        return x.reshape(len(x), -1)
+    raise DataError(f"data samples of shape {tuple(x.shape[1:])} do not fit the model input {tuple(input_shape)}")
+
+
+def tflite_accuracy(model_bytes: bytes, data_path: Path) -> tuple[float, int]:
+    """(accuracy, samples) of the TFLite model in LiteRT on the .npz (test part when it has one)."""
+    from tinyprune.data import load_npz
+    from tinyprune.export.tflite import io_details, litert_predict
+
+    raw = load_npz(data_path)
+    x, y = (raw.x_test, raw.y_test) if raw.x_test is not None else (raw.x_train, raw.y_train)
+    io = io_details(model_bytes)
+    x = _fit_layout(np.asarray(x, np.float32), io["input"]["shape"])
+    if io["input"]["dtype"] == "int8":
+        preds = litert_predict(model_bytes, x)
+    else:  # a float model: feed as is
+        from tinyprune.export.tflite import litert_interpreter, to_device_layout
+
+        it = litert_interpreter(model_bytes)
+        it.allocate_tensors()
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        xd = to_device_layout(x).astype(inp["dtype"])
+        preds = np.empty(len(xd), np.int64)
+        for i in range(len(xd)):
+            it.set_tensor(inp["index"], xd[i:i + 1])
+            it.invoke()
+            preds[i] = int(np.argmax(it.get_tensor(out["index"])))
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(y) != len(preds):
+        raise DataError(f"{data_path.name}: {len(preds)} samples but {len(y)} labels")
+    return float((preds == y).mean()), int(len(y))
+
+
+# ------------------------------------------------------------------------------------- check
+
+def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> CheckResult:
+    from tinyprune.measure.core import measure_file
+
+    result = CheckResult(config)
+    for b in budgets:
+        if progress:
+            progress(f"measuring {b.name}")
+        m = measure_file(b.path, b.target, input_shape=b.input_shape, timing=False,
+                         find_arena="max_ram" in b.limits)
+        result.measurements[b.name] = m
+        result.lines[b.name] = b.line
+        t = m["totals"]
+        result.unsupported[b.name] = m.get("unsupported_ops") or []
+        rt = " + runtime" if b.include_runtime else ""
+        for key, limit in b.limits.items():
+            if key == "max_flash":
+                value = t["flash_total_bytes"] if b.include_runtime else t["flash_bytes"]
+                text, detail = f"{format_size(value)} (flash{rt}) vs {format_size(limit)}", t["flash_source"]
+            elif key == "max_ram":
+                if t["arena_bytes"] is None and m["format"] == "tflite":
+                    result.outcomes.append(Outcome(b.name, key, None, limit, False,
+                                                   "arena not measurable: TFLM cannot run the model", ""))
+                    continue
+                value = t["ram_total_bytes"] if b.include_runtime else t["ram_bytes"]
+                text, detail = f"{format_size(value)} (RAM{rt}) vs {format_size(limit)}", t["ram_source"]
+            elif key == "max_macs":
+                value = t["macs"]
+                text, detail = f"{value:,} MACs vs {int(limit):,}", ""
+            elif key == "max_latency_ms":
+                value = m["latency"]["predicted"][b.kernels]["ms"]
+                text, detail = f"{value:.2f} ms vs {limit:g} ms", f"predicted on {b.target}, {b.kernels} kernels"
+            elif key == "max_energy_uj":
+                from tinyprune import targets
+                from tinyprune.measure.latency import predict
+
+                tgt = targets.load(b.target)
+                cycles = predict(m["layers"], tgt, b.kernels)["cycles"]
+                value = cycles * tgt.pj_per_cycle * 1e-6
+                text, detail = f"{value:.2f} uJ vs {limit:g} uJ", f"{tgt.pj_per_cycle:g} pJ/cycle x predicted cycles"
+            else:  # min_accuracy
+                if m["format"] != "tflite":
+                    raise ConfigError(f"{b.name}: min_accuracy is checked on .tflite models only")
+                if progress:
+                    progress(f"evaluating {b.name} on {b.data.name}")
+                value, n = tflite_accuracy(b.path.read_bytes(), b.data)
+                ok = value >= limit
+                result.outcomes.append(Outcome(b.name, key, value, limit, ok, f"{value:.2%} vs >= {limit:.2%}",
+                                               f"LiteRT on {n} samples of {b.data.name}"))
+                continue
+            result.outcomes.append(Outcome(b.name, key, value, limit, value <= limit, text, detail))
+    return result
+
+
+def run_check(models: list[Path], budget: Path | None, cwd: Path | None = None, progress=None) -> CheckResult:
+    cwd = cwd or Path.cwd()
+    config, tables = find_config(budget, cwd)
+    budgets = parse_models(config, tables)
+    if models:
+        wanted = {Path(m).resolve() for m in models}
+        missing = [str(m) for m in models if Path(m).resolve() not in {b.path for b in budgets}]
+        if missing:
+            raise ConfigError(f"no [[model]] budget for {', '.join(missing)} in {config.name}")
+        budgets = [b for b in budgets if b.path in wanted]
+    return check_models(budgets, config, progress)
+
+
+# ------------------------------------------------------------------------------------- outputs
+
+def to_junit(result: CheckResult) -> str:
+    """JUnit XML: one test case per (model, budget), plus one per model for the op check."""
+    suite = ET.Element("testsuite", name="tinyprune.check")
+    cases = failures = 0
+    for o in result.outcomes:
+        case = ET.SubElement(suite, "testcase", classname=f"tinyprune.check.{o.model}", name=o.metric, time="0")
+        cases += 1
+        if not o.ok:
+            failures += 1
+            f = ET.SubElement(case, "failure", message=f"{o.metric} exceeded: {o.text}", type="BudgetExceeded")
+            f.text = f"{o.model}: {o.metric} exceeded: {o.text}. {o.detail}".strip()
+        elif o.detail:
+            ET.SubElement(case, "system-out").text = f"{o.text}. {o.detail}"
+    for model, ops in result.unsupported.items():
+        case = ET.SubElement(suite, "testcase", classname=f"tinyprune.check.{model}", name="tflm_ops", time="0")
+        cases += 1
+        if ops:
+            failures += 1
+            f = ET.SubElement(case, "failure", message=f"ops the target runtime lacks: {', '.join(ops)}",
+                              type="UnsupportedOp")
+            f.text = f"{model}: the target's TFLM runtime has no kernel for {', '.join(ops)}"
+    suite.set("tests", str(cases))
+    suite.set("failures", str(failures))
+    suite.set("errors", "0")
+    root = ET.Element("testsuites", name="tinyprune check", tests=str(cases), failures=str(failures), errors="0")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _gh_escape(text: str, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def annotations(result: CheckResult) -> list[str]:
+    """GitHub Actions workflow commands (``::error ...::``) for every budget exceeded / bad op."""
+    lines = []
+    try:  # annotations attach to files by their path in the repository (the job's working directory)
+        shown = Path(result.config).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = Path(result.config)
+    where = _gh_escape(str(shown), True)
+    for o in result.exceeded:
+        line = result.lines.get(o.model)
+        loc = f"file={where}" + (f",line={line}" if line else "")
+        lines.append(f"::error {loc},title={_gh_escape('tinyprune budget ' + o.metric, True)}::"
+                     + _gh_escape(f"{o.model}: {o.metric} exceeded: {o.text}"))
+    for model, ops in result.unsupported.items():
+        if ops:
+            line = result.lines.get(model)
+            loc = f"file={where}" + (f",line={line}" if line else "")
+            lines.append(f"::error {loc},title=tinyprune unsupported op::"
+                         + _gh_escape(f"{model}: the target's TFLM runtime lacks {', '.join(ops)}"))
+    return lines

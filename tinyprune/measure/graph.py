@@ -1,0 +1,158 @@
+"""Read a TFLite flatbuffer's graph: operators, tensors, constant buffers. No interpreter needed.
+
+Reading the flatbuffer itself (with the schema that ships with tflite-micro) works on any
+``.tflite``, including models with custom or Flex ops that LiteRT cannot even load, so that
+``measure`` can still list them and say which ops the target lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinyprune.errors import UnsupportedModel
+
+# TensorType -> (name, bits per element)
+_TYPES = {
+    0: ("float32", 32), 1: ("float16", 16), 2: ("int32", 32), 3: ("uint8", 8), 4: ("int64", 64),
+    5: ("string", 8), 6: ("bool", 8), 7: ("int16", 16), 8: ("complex64", 64), 9: ("int8", 8),
+    10: ("float64", 64), 11: ("complex128", 128), 12: ("uint64", 64), 13: ("resource", 0),
+    14: ("variant", 0), 15: ("uint32", 32), 16: ("uint16", 16), 17: ("int4", 4), 18: ("bfloat16", 16),
+    19: ("int2", 2), 20: ("uint4", 4), 21: ("float8_e4m3fn", 8), 22: ("float8_e5m2", 8),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bits: int
+    constant: bool  # backed by a non-empty buffer in the flatbuffer (weights, biases, shapes)
+    buffer: int
+    scale: float | None = None
+    zero_point: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return (self.numel * self.bits + 7) // 8
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    index: int
+    op: str  # builtin name (CONV_2D) or the custom code (TFLM_DECODE, FlexConv2D)
+    custom: bool
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Graph:
+    tensors: dict  # index -> TensorInfo (main subgraph)
+    ops: list  # OpInfo in execution order (main subgraph)
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    subgraphs: int
+    other_subgraph_ops: list  # op names used in subgraphs other than the main one (IF/WHILE bodies)
+
+
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+
+    return s
+
+
+def _op_names(s) -> dict[int, str]:
+    return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def is_tflite(data: bytes) -> bool:
+    return len(data) >= 8 and data[4:8] == b"TFL3"
+
+
+def _options(s, op, name: str) -> dict:
+    """The few builtin options the counters need (pool windows, BATCH_MATMUL transposes)."""
+    table = op.BuiltinOptions()
+    if table is None:
+        return {}
+    if name in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "L2_POOL_2D"):
+        o = s.Pool2DOptions()
+        o.Init(table.Bytes, table.Pos)
+        return {"filter": (int(o.FilterHeight()), int(o.FilterWidth())), "stride": (int(o.StrideH()), int(o.StrideW()))}
+    if name == "BATCH_MATMUL":
+        o = s.BatchMatMulOptions()
+        o.Init(table.Bytes, table.Pos)
+        return {"adj_x": bool(o.AdjX()), "adj_y": bool(o.AdjY())}
+    if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        o = s.Conv2DOptions() if name == "CONV_2D" else s.DepthwiseConv2DOptions()
+        o.Init(table.Bytes, table.Pos)
+        return {"stride": (int(o.StrideH()), int(o.StrideW()))}
+    return {}
+
+
+def read_graph(data: bytes) -> Graph:
+    """Parse ``data``; raise UnsupportedModel when it is not a readable TFLite flatbuffer."""
+    if not is_tflite(data):
+        raise UnsupportedModel("not a TFLite flatbuffer (the file identifier TFL3 is missing)")
+    s = _schema()
+    names = _op_names(s)
+    try:
+        model = s.Model.GetRootAs(data, 0)
+        if model.SubgraphsLength() < 1:
+            raise UnsupportedModel("the TFLite model has no subgraph")
+        codes = []
+        for i in range(model.OperatorCodesLength()):
+            c = model.OperatorCodes(i)
+            code = max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode()))
+            if code == s.BuiltinOperator.CUSTOM:
+                custom = c.CustomCode()
+                codes.append(((custom.decode() if custom else "CUSTOM"), True))
+            else:
+                codes.append((names.get(code, f"BUILTIN_{code}"), False))
+        buffers_with_data = set()
+        for b in range(model.BuffersLength()):
+            buf = model.Buffers(b)
+            if buf.DataLength() > 0 or int(buf.Size()) > 0:
+                buffers_with_data.add(b)
+        sg = model.Subgraphs(0)
+        tensors = {}
+        for t in range(sg.TensorsLength()):
+            tt = sg.Tensors(t)
+            dtype, bits = _TYPES.get(int(tt.Type()), (f"type{tt.Type()}", 8))
+            shape = tuple(int(d) for d in tt.ShapeAsNumpy()) if tt.ShapeLength() else ()
+            shape = tuple(1 if d < 0 else d for d in shape)  # dynamic batch: one sample
+            scale = zero = None
+            q = tt.Quantization()
+            if q is not None and q.ScaleLength() > 0:
+                scale = float(q.Scale(0))
+                zero = int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+            name = tt.Name().decode("utf-8", "replace") if tt.Name() else f"t{t}"
+            tensors[t] = TensorInfo(t, name, shape, dtype, bits, int(tt.Buffer()) in buffers_with_data,
+                                    int(tt.Buffer()), scale, zero)
+        ops = []
+        for i in range(sg.OperatorsLength()):
+            o = sg.Operators(i)
+            name, custom = codes[o.OpcodeIndex()]
+            ins = tuple(int(x) for x in o.InputsAsNumpy()) if o.InputsLength() else ()
+            outs = tuple(int(x) for x in o.OutputsAsNumpy()) if o.OutputsLength() else ()
+            ops.append(OpInfo(i, name, custom, ins, outs, {} if custom else _options(s, o, name)))
+        other = []
+        for g in range(1, model.SubgraphsLength()):
+            sub = model.Subgraphs(g)
+            for i in range(sub.OperatorsLength()):
+                other.append(codes[sub.Operators(i).OpcodeIndex()][0])
+        inputs = tuple(int(x) for x in sg.InputsAsNumpy()) if sg.InputsLength() else ()
+        outputs = tuple(int(x) for x in sg.OutputsAsNumpy()) if sg.OutputsLength() else ()
+    except UnsupportedModel:
+        raise
+    except Exception as exc:  # a truncated or corrupt flatbuffer fails somewhere in the accessors
+        raise UnsupportedModel(f"the TFLite flatbuffer is corrupt or truncated ({type(exc).__name__})") from None
+    return Graph(tensors, ops, inputs, outputs, model.SubgraphsLength(), other)
