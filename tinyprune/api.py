@@ -19,12 +19,13 @@ import numpy as np
 
 from tinyprune import __version__, targets
 from tinyprune.config import CompressConfig
-from tinyprune.errors import ConfigError, ExportError
+from tinyprune.errors import ConfigError, ExportError, UnsupportedOp
 from tinyprune.report import Report, StageRecord, to_markdown
 from tinyprune.train import Progress, _quiet
 
 ARTIFACTS = ("model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
-             "report.json", "report.md")
+             "report.json", "report.md", "report.html")
+TIMING_REPEATS = 10
 DEEPCOMPRESS_ARTIFACTS = ("model.tpz", "model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h")
 
 
@@ -99,8 +100,10 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
 
     from tinyprune.export import micro, tflite
     from tinyprune.export.onnx import export_onnx
+    from tinyprune.measure.core import measure_stage, unsupported_tflite_ops
     from tinyprune.measure.macs import count_tflite, count_torch
     from tinyprune.prune import prune_to_macs
+    from tinyprune.report.html import write_html
     from tinyprune.train import accuracy, fit
 
     records: list[StageRecord] = []
@@ -110,7 +113,10 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     example = torch.from_numpy(splits.x_train[:1])
     macs, params = count_torch(model, example)
     records.append(StageRecord("original", params, macs, accuracy(model, splits.x_eval, splits.y_eval),
-                               time.perf_counter() - t, details={"format": loaded.format}))
+                               time.perf_counter() - t,
+                               details={"format": loaded.format,
+                                        "measure": measure_stage(model, target, example=example,
+                                                                 repeats=TIMING_REPEATS)}))
 
     t = time.perf_counter()
     x_info, y_info = analysis_set(splits)
@@ -128,7 +134,9 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     tuned = fit(pruned.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress)
     records.append(StageRecord("finetuned", pruned.params_after, pruned.macs_after,
                                accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                               details={"epochs": cfg.finetune.epochs}))
+                               details={"epochs": cfg.finetune.epochs,
+                                        "measure": measure_stage(tuned, target, example=example,
+                                                                 repeats=TIMING_REPEATS)}))
 
     deep = None
     if cfg.deepcompress is not None:
@@ -156,6 +164,9 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     int8_acc = float((int8_pred == splits.y_eval).mean())
 
     xq = tflite.quantize(tflite.to_device_layout(splits.x_eval), io["input"]["scale"], io["input"]["zero_point"])
+    missing = unsupported_tflite_ops(int8_bytes, target)
+    if missing:
+        raise UnsupportedOp(f"the int8 model uses op(s) that {target.name}'s TFLM runtime lacks: {', '.join(missing)}")
     arena = micro.smallest_arena(int8_bytes, xq[:1])
     n_check = min(cfg.export.tflm_check_samples, len(xq))
     tflm_pred = micro.tflm_outputs(int8_bytes, xq[:n_check], arena).reshape(n_check, -1).argmax(1)
@@ -175,11 +186,13 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
                 "agreement_with_litert": float((tflm_pred == int8_pred[:n_check]).mean()),
             },
             "ops": counted["layers"],
+            "measure": measure_stage(int8_bytes, target, arena_bytes=arena, onnx_model=tmp / "model.onnx",
+                                     repeats=TIMING_REPEATS),
         },
     ))
 
     if deep is not None:
-        records.append(_lut_stage(int8_bytes, xq[:n_check], splits.y_eval[:n_check], tflm_pred, cfg, tmp))
+        records.append(_lut_stage(int8_bytes, xq[:n_check], splits.y_eval[:n_check], tflm_pred, cfg, tmp, target))
 
     artifacts = ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep is not None else ())
     report = Report(
@@ -196,13 +209,16 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     )
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp / "report.md").write_text(to_markdown(report))
+    write_html(report.to_dict(), tmp / "report.html")
     return report
 
 
-def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred: np.ndarray, cfg, tmp: Path):
+def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred: np.ndarray, cfg, tmp: Path,
+               target):
     """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
     from tinyprune.export import micro
     from tinyprune.export.lut import lut_compress, verify_bit_exact
+    from tinyprune.measure.core import measure_stage
     from tinyprune.measure.macs import count_tflite
 
     t = time.perf_counter()
@@ -222,6 +238,7 @@ def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred:
         float((int8_tflm_pred == y).mean()), time.perf_counter() - t,
         flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
         details={"lut": lut.to_dict(), "tflm_check": check,
+                 "measure": measure_stage(lut.model, target, arena_bytes=check["arena_after"], repeats=TIMING_REPEATS),
                  "accuracy_measured_on": f"{check['samples']} held-out samples in TFLM"},
     )
 

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     unpack.add_argument("archive", type=Path, help="a .tpz file written by compress")
     unpack.add_argument("--out", type=Path, required=True, help="folder for weights.npz")
 
+    from tinyprune import cli_measure  # light: no torch or numpy at import
+
+    cli_measure.add_parsers(sub)
+
     sub.add_parser("targets", help="list the known microcontroller targets")
     sub.add_parser("criteria", help="list the pruning criteria")
     return parser
@@ -211,6 +215,10 @@ def _print_mi(result: dict) -> None:
 
 
 def _run(args) -> int:
+    if args.command in ("measure", "check"):
+        from tinyprune import cli_measure
+
+        return cli_measure.run(args)
     if args.command == "targets":
         from tinyprune import targets
 

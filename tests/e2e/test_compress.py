@@ -46,6 +46,10 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     deep = "--no-deepcompress" not in extra
     assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep else ()))
     assert report == json.loads((out / "report.json").read_text())
+    from tinyprune.report.jsonschema_lite import validate
+
+    validate(report)  # the documented JSON Schema (tinyprune/report/schema.json)
+    assert "<img" in (out / "report.html").read_text()
     assert report["model"]["format"] == fmt and report["data"]["layout"] == "nhwc"
     assert report["target"]["name"] == "cortex-m4" and report["target"]["flash_bytes"] > 0
     stages = {s["name"]: s for s in report["stages"]}

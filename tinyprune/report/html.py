@@ -4,6 +4,12 @@
 stages may carry ``details["measure"]`` (from ``tinyprune.measure.core.measure_stage``), or a
 single measurement from ``tinyprune measure`` (``measure_file``). It only reads the dict: the
 report never recomputes anything.
+
+Rendering is checked in tests/e2e/test_measure_cli.py with headless Chromium, network off
+(every embedded PNG decodes, the page is not blank). By hand::
+
+    chromium --headless --no-sandbox --proxy-server=127.0.0.1:9 --window-size=1200,3000 \
+        --screenshot=shot.png file:///path/to/report.html
 """
 
 from __future__ import annotations
@@ -97,9 +103,14 @@ def _waterfall(stages: list[dict]) -> str | None:
     panels = [p for p in panels if any(s[p[0]] is not None for s in stages)]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    per_panel = max(3.4, 0.5 * len(stages) + 1.2)
+    cols = min(len(panels), 2 if len(stages) > 5 else 4)
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(per_panel * cols, 3.3 * rows_n), squeeze=False)
+    for extra in axes.flat[len(panels):]:
+        extra.set_visible(False)
     names = [s["name"] for s in stages]
-    for ax, (key, label, scale) in zip(axes[0], panels):
+    for ax, (key, label, scale) in zip(axes.flat, panels):
         vals = [s[key] / scale if s[key] is not None else 0.0 for s in stages]
         colors = ["#4c72b0" if s[key] is not None else "#dddddd" for s in stages]
         bars = ax.bar(range(len(vals)), vals, color=colors)
@@ -112,14 +123,14 @@ def _waterfall(stages: list[dict]) -> str | None:
             txt = f"{v:,.0f}" if key != "accuracy" else f"{v:.1f}"
             if prev is not None and prev:
                 txt += f"\n({100 * (v / prev - 1):+.0f}%)" if key != "accuracy" else f"\n({v - prev:+.1f})"
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), txt, ha="center", va="bottom", fontsize=7)
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), txt, ha="center", va="bottom", fontsize=6)
             prev = v
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.margins(y=0.25)
         if key == "accuracy":
             lo = min((s[key] / scale for s in stages if s[key] is not None), default=0)
-            ax.set_ylim(max(0, lo - 15), 100)
+            ax.set_ylim(max(0, lo - 15), 112)
     fig.suptitle("stage waterfall", fontsize=10)
     fig.tight_layout()
     return _png(fig)
@@ -132,19 +143,21 @@ def _layer_bars(layers: list[dict], title: str) -> str | None:
     labels = [f"{l['index']} {l['op']}"[:28] for l in layers]
     y = list(range(len(layers)))
     has_energy = all("energy_pj" in l for l in layers)
-    ncols = 3 if has_energy else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 0.28 * len(layers) + 1.6), sharey=True, squeeze=False)
+    has_bytes = any(l["weight_bytes"] or l["activation_bytes"] for l in layers)
+    ncols = 1 + has_bytes + has_energy
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * max(ncols, 2), 0.28 * len(layers) + 1.6), sharey=True, squeeze=False)
     ax = axes[0]
     ax[0].barh(y, [l["macs"] for l in layers], color="#4c72b0")
     ax[0].set_title("MACs", fontsize=9)
-    ax[1].barh(y, [l["weight_bytes"] for l in layers], color="#dd8452", label="weights")
-    ax[1].barh(y, [l["activation_bytes"] for l in layers], left=[l["weight_bytes"] for l in layers], color="#55a868",
-               label="activations (in+out)")
-    ax[1].set_title("bytes", fontsize=9)
-    ax[1].legend(fontsize=7, loc="lower right")
+    if has_bytes:
+        ax[1].barh(y, [l["weight_bytes"] for l in layers], color="#dd8452", label="weights")
+        ax[1].barh(y, [l["activation_bytes"] for l in layers], left=[l["weight_bytes"] for l in layers], color="#55a868",
+                   label="activations (in+out)")
+        ax[1].set_title("bytes", fontsize=9)
+        ax[1].legend(fontsize=7, loc="lower right")
     if has_energy:
-        ax[2].barh(y, [l["energy_pj"] / 1e3 for l in layers], color="#c44e52")
-        ax[2].set_title("energy, 45 nm floor (nJ)", fontsize=9)
+        ax[ncols - 1].barh(y, [l["energy_pj"] / 1e3 for l in layers], color="#c44e52")
+        ax[ncols - 1].set_title("energy, 45 nm floor (nJ)", fontsize=9)
     ax[0].set_yticks(y, labels, fontsize=7)
     ax[0].invert_yaxis()
     for a in ax:

@@ -1,0 +1,667 @@
+"""MIPP: Mutual-Information-Preserving Pruning with the Transfer Entropy Redundancy Criterion (seed 002).
+
+Westphal, Hailes & Musolesi prune the nodes (conv channels, linear neurons) of each layer so
+that the pruned layer still carries the information the next layer's activations hold about
+it: then a map from the pruned upstream activations to the downstream ones exists, and the
+network stays retrainable, whether it is pruned after training or at initialization.
+
+Algorithm (per call of :func:`mipp_masks`):
+
+1. One forward pass over ``N`` samples (default 400) records every prunable layer's nodes as
+   the *next* layer sees them: the consumer layer's input, spatially averaged per channel for
+   convs and per input block (a flattened conv channel) for linears, so batch norm, ReLU and
+   pooling are included (a dead ReLU unit is a constant, zero-information node). The
+   classifier's outputs (logits) are the last layer's activations; they are never pruned.
+2. Layers are visited from the output back to the input. For layer ``l`` with nodes
+   ``A_l = (A_l,1 .. A_l,C)`` and the *already pruned* next layer ``A_{l+1}`` (the kept nodes
+   of every consumer layer, concatenated; the logits for the last hidden layer):
+
+   a. every node is scored by ``I(A_l,i ; A_{l+1})``;
+   b. the nodes are visited in ascending order of that score, and node ``i`` is dropped when
+      ``I(A_S \\ {i} ; A_{l+1}) >= I(A_S ; A_{l+1}) - margin`` where ``S`` is the current set
+      (the transfer entropy redundancy criterion, TERC: what ``i`` adds about the next layer
+      given the others is zero within the estimator's noise). With ``reference="full"`` the
+      right side is ``I(A_l ; A_{l+1}) - margin`` with the full layer, so the loss cannot
+      accumulate over many removals (the default, see below);
+   c. the last node is never dropped: when TERC would empty the layer (the whole layer
+      carries no measurable information about the next one) the layer is flagged
+      ``collapse`` and its highest-scoring node stays.
+
+3. With ``target_sparsity`` (fraction of conv/linear *weights* removed, or of MACs with
+   ``budget="macs"``) and TERC alone short of it: the kept counts of the TERC pass are scaled
+   by one factor ``rho`` (each layer keeps ``max(min_keep, round(rho * k_l))``; ``rho`` by
+   bisection so the counted weights meet the target), and a second backward pass runs TERC
+   again and then drops further nodes in ascending MI order down to that count ("forced").
+   TERC's own allocation across layers is kept, only scaled. If TERC alone removes more than
+   the target, nothing is put back unless ``fill=True`` (then the TERC-removed nodes with the
+   highest score return, layer by layer from the input side, while the target still holds).
+
+Estimator: the matrix-based Renyi functional of :mod:`tinyprune.information.renyi`
+(``alpha = 1.01``), multivariate in both arguments: z-scored columns, one Gaussian Gram of the
+joint vector with the median-heuristic width, ``I = S(A) + S(B) - S(A o B)``. This is exactly
+``renyi_mi(A[:, S], B)`` for N <= 1000 (checked in the tests); here the squared-distance matrix
+of the current set is kept and updated by subtracting one node's term, so a TERC test costs
+two N x N eigendecompositions (about 18 ms each at N=400 on one busy core). A constant node
+contributes nothing to any distance, so removing it leaves the estimate unchanged exactly; a
+duplicated node counts twice in the distances, and removing one copy changes the estimate by
+far less than removing an informative node. KDE (Kolchinsky-Tracey) was not used: with tens
+of dimensions its Silverman width saturates every entropy at ln N (see kde.py), and with the
+median width it has no closed-form joint for a continuous multivariate target cheaper than this.
+
+Margin: ``margin = k * std`` of ``I(A_l ; A_{l+1})`` over ``subsets`` (default 8) random
+half-size subsets of the samples, computed once per layer and pass; default ``k = 1``. It is
+the spread of the estimate itself at N/2 samples (larger than at N), so ``k = 1`` is about a
+one-sigma tolerance. ``reference="current"`` is the criterion as written in TERC's
+feature-selection form (each removal compared with the set before it); it lets a layer lose up
+to one margin per removal, and on LeNet-5 it let whole layers drift away, so ``"full"`` is the
+default (measured numbers in benchmarks/RESULTS_mipp.md).
+
+Physical removal: :func:`apply_kept` prunes each layer's group through torch-pruning's
+dependency graph (coupled batch norms, residual partners, concat offsets and flattened linear
+inputs follow). :func:`mipp_prune` = masks + removal (+ re-initialization first with
+``at_init=True``: the seed's pruning-before-training case; the caller then trains).
+
+Cost: LeNet-5 (226 prunable nodes), N=400: about 2 x 226 + 16 x 4 eigendecompositions per pass,
+roughly 10-20 s per pass on one thread of the busy 2-core machine; two passes with a target.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tinyprune.errors import ConfigError
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+DEFAULT_SAMPLES = 400  # analysis samples (N x N Gram matrices)
+MARGIN_K = 1.0  # margin = MARGIN_K * std of the layer MI over the random subsets
+MARGIN_SUBSETS = 8  # random subsets for the std
+SUBSET_FRACTION = 0.5  # each subset holds this fraction of the samples
+NODE_CHUNK = 16  # nodes whose N x N Grams are built at once when scoring single nodes
+
+
+# --------------------------------------------------------------------------- graph analysis
+
+
+@dataclass
+class Layer:
+    """One prunable set of nodes: the output channels of a torch-pruning group."""
+
+    root: str  # the group's root module (conv / linear)
+    width: int
+    producers: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # name -> (out idxs, root idxs)
+    consumers: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (module, in idxs, root idxs)
+    inputs: list[tuple[str, int]] = field(default_factory=list)  # every conv/linear taking these nodes in: (name, units)
+    order: int = 0  # forward-execution position of the root
+
+
+def _fn_name(dep) -> str:
+    return getattr(dep.pruning_fn, "__name__", "")
+
+
+def _call_order(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    order: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, PRUNABLE):
+            def hook(mod, args, out, n=name):
+                order.setdefault(n, len(order))  # returns None: the output is left alone
+
+            handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def analyse(model: nn.Module, example: torch.Tensor):
+    """(dependency graph, prunable layers in forward order, output module names).
+
+    Output modules: conv/linear layers whose output channels no other conv/linear consumes
+    (the classifier); they are never pruned and their outputs are the last targets.
+    """
+    import torch_pruning as tp
+
+    model.eval()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    names = {m: n for n, m in model.named_modules()}
+    calls = _call_order(model, example)
+    modules = dict(model.named_modules())
+    layers: list[Layer] = []
+    outputs: list[str] = []
+    seen: set[str] = set()
+    for name in sorted(calls, key=calls.get):
+        module = modules[name]
+        if name in seen:
+            continue
+        width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        pruner = dg.get_pruner_of_module(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, idxs=list(range(width)))
+        layer = Layer(root=name, width=width, order=calls[name])
+        consumers = []
+        for i, (dep, idxs) in enumerate(group):
+            mod = dep.layer
+            if not isinstance(mod, PRUNABLE) or mod not in names:
+                continue
+            root_idxs = torch.as_tensor([int(r) for r in group[i].root_idxs], dtype=torch.long)
+            idx = torch.as_tensor([int(v) for v in idxs], dtype=torch.long)
+            if _fn_name(dep) == "prune_out_channels":
+                layer.producers[names[mod]] = (idx, root_idxs)
+            elif _fn_name(dep) == "prune_in_channels":
+                consumers.append((names[mod], idx, root_idxs))
+                layer.inputs.append((names[mod], len(idx)))
+        layer.consumers = [c for c in consumers if c[0] not in layer.producers]
+        layer.consumers.sort(key=lambda c: calls.get(c[0], 1 << 30))
+        seen.update(layer.producers)
+        if not layer.consumers:
+            outputs.append(name)  # nothing downstream consumes these channels: the classifier
+            continue
+        layers.append(layer)
+    return dg, layers, outputs
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _per_channel_input(inp: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """A consumer's input as [N, in_units]: conv channels spatially averaged, linear features."""
+    if isinstance(module, nn.Linear):
+        return inp.reshape(inp.shape[0], -1, inp.shape[-1]).mean(1)
+    return inp.reshape(inp.shape[0], inp.shape[1], -1).mean(-1)
+
+
+def capture(model: nn.Module, x: torch.Tensor, layers: list[Layer], outputs: list[str], batch_size: int = 256):
+    """One forward pass: per layer the nodes as their first consumer sees them [N, C] (float64),
+    per output / unpruned module its output [N, k], and per conv/linear its output positions."""
+    modules = dict(model.named_modules())
+    reps: dict[str, list[torch.Tensor]] = {layer.root: [] for layer in layers}
+    outs: dict[str, list[torch.Tensor]] = {}
+    positions: dict[str, int] = {}
+    handles = []
+    consumer_names = {c[0] for layer in layers for c in layer.consumers}
+    out_names = set(outputs) | consumer_names
+
+    for layer in layers:
+        cname, idxs, root_idxs = layer.consumers[0]
+        counts = torch.bincount(root_idxs, minlength=layer.width).clamp_min(1).double()
+
+        def pre_hook(mod, args, layer=layer, idxs=idxs, root_idxs=root_idxs, counts=counts):
+            units = _per_channel_input(args[0].detach(), mod).double()
+            rep = torch.zeros(units.shape[0], layer.width, dtype=torch.float64)
+            rep.index_add_(1, root_idxs, units[:, idxs])
+            reps[layer.root].append(rep / counts)
+
+        handles.append(modules[cname].register_forward_pre_hook(pre_hook))
+
+    for name, m in modules.items():
+        if not isinstance(m, PRUNABLE):
+            continue
+
+        def hook(mod, args, out, name=name):
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            ch = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+            positions.setdefault(name, out.numel() // (out.shape[0] * ch))
+            if name in out_names:
+                flat = out.detach()
+                flat = flat.reshape(flat.shape[0], -1, ch).mean(1) if isinstance(mod, nn.Linear) else \
+                    flat.reshape(flat.shape[0], ch, -1).mean(-1)
+                outs.setdefault(name, []).append(flat.double())
+
+        handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch_size):
+                model(x[s:s + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return ({k: torch.cat(v) for k, v in reps.items()}, {k: torch.cat(v) for k, v in outs.items()}, positions)
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def _zscore(a: torch.Tensor) -> torch.Tensor:
+    std = a.std(0, unbiased=False)
+    std = torch.where(std > 1e-12 * a.abs().amax(0).clamp_min(1e-30), std, torch.full_like(std, math.inf))
+    return (a - a.mean(0)) / std  # constant columns become exactly 0
+
+
+def _sqdist(x: torch.Tensor) -> torch.Tensor:
+    sq = (x * x).sum(1)
+    return (sq[:, None] + sq[None, :] - 2.0 * x @ x.T).clamp_min_(0.0)
+
+
+class RenyiMI:
+    """Matrix-Renyi ``I(A_S ; B)`` for subsets S of the columns of A, from squared distances.
+
+    Columns are z-scored and column i of the set S is weighted by ``1 / sum_{j in S} rho_ij^2``
+    (rho: the sample correlation) before the joint Gaussian Gram is taken with the
+    median-heuristic width (alpha = 1.01); ``B``'s Gram and entropy are computed once. The
+    weights make the estimate invariant to exact duplicates, as Shannon MI is: c copies of a
+    column each get weight 1/c, so they sum to the single column, and removing one copy
+    leaves the Gram unchanged. Without them (plain ``renyi_mi(A[:, S], B)``) a duplicated
+    column counts twice in the distances, and removing one copy moved the estimate by up to
+    0.04 nats on 4 Gaussian sources at N=200-300, several times the resampling margin (the
+    removal of an informative source moved it by 0.08-0.25). Independent columns keep
+    weight ~1, so for them this is ``renyi_mi`` (checked in the tests).
+    """
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, alpha: float | None = None):
+        from tinyprune.information.renyi import DEFAULT_ALPHA
+
+        self.alpha = DEFAULT_ALPHA if alpha is None else alpha
+        self.a = _zscore(a.double())
+        self.n = a.shape[0]
+        rho = (self.a.T @ self.a) / self.n
+        self.r2 = rho.pow(2)
+        self.r2.fill_diagonal_(1.0)
+        self.iu = torch.triu_indices(self.n, self.n, 1)
+        self.db = _sqdist(_zscore(b.double()))
+        self.kb = self._gram(self.db)
+        self.h_b = self._entropy(self.kb)
+
+    def weighted(self, cols) -> torch.Tensor:
+        """The z-scored columns ``cols`` of A, each scaled by sqrt of its redundancy weight."""
+        cols = torch.as_tensor(list(cols), dtype=torch.long)
+        w = 1.0 / self.r2[cols][:, cols].sum(1)
+        return self.a[:, cols] * w.sqrt()
+
+    def sqdist(self, cols) -> torch.Tensor | None:
+        cols = list(cols)
+        return _sqdist(self.weighted(cols)) if cols else None
+
+    def _gram(self, d: torch.Tensor, iu=None) -> torch.Tensor:
+        iu = self.iu if iu is None else iu
+        pairs = d[..., iu[0], iu[1]]
+        med = pairs.median(-1).values if pairs.ndim > 1 else pairs.median()
+        mean = pairs.mean(-1)
+        med = torch.where(med > 0, med, mean)
+        med = torch.where(med > 0, med, torch.ones_like(med))  # all distances 0: constant, K = 1
+        return torch.exp(-d / med[..., None, None]) if d.ndim > 2 else torch.exp(-d / med)
+
+    def _entropy(self, k: torch.Tensor) -> torch.Tensor:
+        from tinyprune.information.renyi import spectrum_entropy
+
+        tr = torch.diagonal(k, dim1=-2, dim2=-1).sum(-1)
+        eigs = torch.linalg.eigvalsh(k / tr[..., None, None])
+        return spectrum_entropy(eigs, self.alpha)
+
+    def mi(self, d: torch.Tensor) -> float:
+        """I(A_S ; B) for the squared-distance matrix ``d`` of A_S (an empty S: pass None)."""
+        if d is None:
+            return 0.0
+        k = self._gram(d)
+        return float(self._entropy(k) + self.h_b - self._entropy(k * self.kb))
+
+    def node_mi(self) -> torch.Tensor:
+        """I(A_i ; B) for every column i, a chunk of columns at a time."""
+        out = []
+        for s in range(0, self.a.shape[1], NODE_CHUNK):
+            c = self.a[:, s:s + NODE_CHUNK].T  # [c, N]
+            d = (c[:, :, None] - c[:, None, :]).pow_(2)
+            k = self._gram(d)
+            out.append(self._entropy(k) + self.h_b - self._entropy(k * self.kb))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def subset_std(self, d: torch.Tensor, subsets: int, fraction: float, gen: torch.Generator) -> float:
+        """Std of I(A_S ; B) over random subsets of the samples (each its own widths and B)."""
+        m = max(8, int(round(fraction * self.n)))
+        if subsets < 2 or m >= self.n:
+            return 0.0
+        iu = torch.triu_indices(m, m, 1)
+        vals = []
+        for _ in range(subsets):
+            rows = torch.randperm(self.n, generator=gen)[:m]
+            ka = self._gram(d[rows][:, rows], iu)
+            kb = self._gram(self.db[rows][:, rows], iu)
+            vals.append(float(self._entropy(ka) + self._entropy(kb) - self._entropy(ka * kb)))
+        return float(np.std(vals, ddof=1))
+
+
+def terc_layer(a: torch.Tensor, b: torch.Tensor, *, budget: int | None = None, k: float = MARGIN_K,
+               subsets: int = MARGIN_SUBSETS, fraction: float = SUBSET_FRACTION, reference: str = "full",
+               min_keep: int = 1, seed: int = 0) -> dict:
+    """TERC on one layer: ``a`` [N, C] nodes, ``b`` [N, k] the (pruned) next layer.
+
+    Returns kept / terc_removed / forced (column indices), the per-node MI, the layer MI before
+    and after, the margin, and ``collapse`` (TERC would have removed every node).
+    """
+    if reference not in ("full", "current"):
+        raise ConfigError(f"reference must be 'full' or 'current', got {reference!r}")
+    est = RenyiMI(a, b)
+    c = a.shape[1]
+    node = est.node_mi()
+    order = [int(i) for i in torch.argsort(node, stable=True)]
+    kept = list(range(c))
+    d_cur = est.sqdist(kept)
+    mi_full = est.mi(d_cur)
+    gen = torch.Generator().manual_seed(seed)
+    margin = k * est.subset_std(d_cur, subsets, fraction, gen)
+    ref = mi_full
+    removed, collapse = [], False
+    mi_cur = mi_full
+    for i in order:
+        if len(kept) == 1:
+            # TERC on the last node: I(empty ; B) = 0. Dropping it would cut the network.
+            if 0.0 >= ref - margin:
+                collapse = True
+            break
+        rest = [j for j in kept if j != i]
+        mi_try = est.mi(est.sqdist(rest))
+        if mi_try >= ref - margin:
+            kept = rest
+            removed.append(i)
+            mi_cur = mi_try
+            if reference == "current":
+                ref = mi_try
+    forced = []
+    floor = max(1, min_keep)
+    if budget is not None:
+        for i in order:
+            if len(kept) <= max(budget, floor):
+                break
+            if i in kept:
+                kept.remove(i)
+                forced.append(i)
+        if forced:
+            mi_cur = est.mi(est.sqdist(kept))
+    return {"kept": sorted(kept), "terc_removed": sorted(removed), "forced": sorted(forced),
+            "order": order, "node_mi": [float(v) for v in node], "mi_full": mi_full,
+            "mi_after": mi_cur, "margin": margin, "collapse": collapse}
+
+
+# --------------------------------------------------------------------------- cost model
+
+
+def weight_count(model: nn.Module) -> int:
+    """Elements of every conv/linear weight tensor (biases and batch norm not counted)."""
+    return int(sum(m.weight.numel() for m in model.modules() if isinstance(m, PRUNABLE)))
+
+
+class CostModel:
+    """Weights (or MACs) of the conv/linear layers as a function of each layer's kept count."""
+
+    def __init__(self, model: nn.Module, layers: list[Layer], positions: dict[str, int], budget: str):
+        if budget not in ("weights", "macs"):
+            raise ConfigError(f"budget must be 'weights' or 'macs', got {budget!r}")
+        modules = dict(model.named_modules())
+        self.entries = []  # (out layer index | None, fixed out, [(layer index, in units per node)], fixed in, per pair)
+        producer_of = {p: li for li, layer in enumerate(layers) for p in layer.producers}
+        feeds: dict[str, list[tuple[int, float]]] = {}
+        for li, layer in enumerate(layers):
+            for cname, units in layer.inputs:
+                feeds.setdefault(cname, []).append((li, units / layer.width))
+        for name, m in modules.items():
+            if not isinstance(m, PRUNABLE):
+                continue
+            w = m.weight
+            out_total, in_total = w.shape[0], w.shape[1]
+            per = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1
+            if budget == "macs":
+                per *= positions.get(name, 1)
+            grouped = isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups > 1
+            ins = [] if grouped else feeds.get(name, [])
+            self.entries.append((producer_of.get(name), out_total, ins, in_total, per))
+
+    def cost(self, widths: list[int], counts: list[int]) -> int:
+        total = 0.0
+        for li, out_total, ins, in_total, per in self.entries:
+            out = out_total if li is None else counts[li] * out_total / widths[li]
+            inp = in_total - sum((widths[lj] - counts[lj]) * units for lj, units in ins)
+            total += out * inp * per
+        return int(round(total))
+
+
+def _budgets(cost: CostModel, widths: list[int], terc_counts: list[int], target: float, min_keep: int):
+    """Largest rho with cost(max(min_keep, round(rho * k_l))) <= target; returns the counts."""
+    def counts(rho):
+        return [min(k, max(min(min_keep, w), int(round(rho * k)))) for k, w in zip(terc_counts, widths)]
+
+    lo, hi = 0.0, 1.0
+    if cost.cost(widths, counts(0.0)) > target:
+        return counts(0.0), False
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if cost.cost(widths, counts(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return counts(lo), True
+
+
+# --------------------------------------------------------------------------- MIPP
+
+
+def _samples(x, samples: int, seed: int, dtype) -> torch.Tensor:
+    data = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    n = data.shape[0]
+    if n < 8:
+        raise ConfigError(f"MIPP needs at least 8 samples, got {n}")
+    if samples < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+        data = data[idx]
+    return data.to(dtype)
+
+
+def _backward_pass(layers, reps, outs, budgets, opts) -> dict[str, dict]:
+    by_root = {layer.root: li for li, layer in enumerate(layers)}
+    producer_of = {p: layer.root for layer in layers for p in layer.producers}
+    result: dict[str, dict] = {}
+    for li in sorted(range(len(layers)), key=lambda j: -layers[j].order):
+        layer = layers[li]
+        parts, used = [], set()
+        for cname, _, _ in layer.consumers:
+            root = producer_of.get(cname)
+            if root is not None and root != layer.root:
+                if root in used:
+                    continue
+                used.add(root)
+                rep = reps[root]
+                kept = result[root]["kept"] if root in result else list(range(rep.shape[1]))
+                parts.append(rep[:, kept])
+            elif cname in outs:
+                parts.append(outs[cname])
+        if not parts:
+            result[layer.root] = {"kept": list(range(layer.width)), "terc_removed": [], "forced": [],
+                                  "collapse": False, "skipped": "no measurable next layer"}
+            continue
+        target = torch.cat(parts, 1)
+        res = terc_layer(reps[layer.root], target, budget=None if budgets is None else budgets[by_root[layer.root]],
+                         seed=opts["seed"] + li, **{k: opts[k] for k in ("k", "subsets", "fraction", "reference",
+                                                                         "min_keep")})
+        result[layer.root] = res
+    return result
+
+
+def mipp_masks(model: nn.Module, x, target_sparsity: float | None = None, *, budget: str = "weights",
+               samples: int = DEFAULT_SAMPLES, k: float = MARGIN_K, subsets: int = MARGIN_SUBSETS,
+               fraction: float = SUBSET_FRACTION, reference: str = "full", min_keep: int = 1,
+               fill: bool = False, seed: int = 0) -> dict:
+    """Decide which nodes of every prunable layer MIPP keeps (nothing is modified).
+
+    ``target_sparsity``: fraction of the conv/linear weights (``budget="weights"``) or MACs
+    (``"macs"``) to remove at least; ``None``: TERC alone decides. Returns a report:
+    ``layers`` (per root layer: total, kept original indices, terc_removed, forced, collapse,
+    mi_full / mi_after / margin in nats), ``kept`` (per conv/linear producer name),
+    ``cost_before`` / ``cost_after`` (counted by the cost model), ``sparsity``, ``target_met``,
+    ``terc_removed`` / ``forced`` totals, ``collapsed`` (layer names), ``seconds``.
+    """
+    if target_sparsity is not None and not 0.0 <= target_sparsity < 1.0:
+        raise ConfigError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
+    if reference not in ("full", "current"):
+        raise ConfigError(f"reference must be 'full' or 'current', got {reference!r}")
+    if budget not in ("weights", "macs"):
+        raise ConfigError(f"budget must be 'weights' or 'macs', got {budget!r}")
+    if k < 0 or min_keep < 1 or samples < 8:
+        raise ConfigError(f"need k >= 0, min_keep >= 1 and samples >= 8 (got {k}, {min_keep}, {samples})")
+    t0 = time.perf_counter()
+    param = next(model.parameters())
+    data = _samples(x, samples, seed, param.dtype)
+    model = model.eval()
+    _, layers, outputs = analyse(model, data[:1])
+    if not layers:
+        raise ConfigError("MIPP found no prunable layer (every conv/linear feeds the output directly)")
+    reps, outs, positions = capture(model, data, layers, outputs)
+    opts = dict(k=k, subsets=subsets, fraction=fraction, reference=reference, min_keep=min_keep, seed=seed)
+    widths = [layer.width for layer in layers]
+    cost = CostModel(model, layers, positions, budget)
+    cost0 = cost.cost(widths, widths)
+
+    res = _backward_pass(layers, reps, outs, None, opts)
+    passes, target_met = 1, True
+    counts = [len(res[layer.root]["kept"]) for layer in layers]
+    if target_sparsity is not None:
+        goal = (1.0 - target_sparsity) * cost0
+        if cost.cost(widths, counts) > goal:
+            budgets, target_met = _budgets(cost, widths, counts, goal, min_keep)
+            res = _backward_pass(layers, reps, outs, budgets, opts)
+            passes = 2
+            counts = [len(res[layer.root]["kept"]) for layer in layers]
+        elif fill:
+            counts = _fill(cost, layers, widths, res, goal)
+    cost1 = cost.cost(widths, counts)
+    if target_sparsity is not None:
+        target_met = cost1 <= (1.0 - target_sparsity) * cost0 * 1.0005 + 1
+
+    report_layers, kept_by_name = {}, {}
+    for layer in layers:
+        r = res[layer.root]
+        entry = {"total": layer.width, "kept": r["kept"], "n_kept": len(r["kept"]),
+                 "terc_removed": r["terc_removed"], "forced": r["forced"], "collapse": r["collapse"],
+                 "producers": list(layer.producers)}
+        for key in ("mi_full", "mi_after", "margin", "skipped", "restored"):
+            if key in r:
+                entry[key] = r[key]
+        report_layers[layer.root] = entry
+        keep = set(r["kept"])
+        for pname, (idxs, root_idxs) in layer.producers.items():
+            kept_by_name[pname] = sorted(int(c) for c, ri in zip(idxs.tolist(), root_idxs.tolist()) if ri in keep)
+    return {
+        "layers": report_layers,
+        "kept": kept_by_name,
+        "outputs": outputs,
+        "budget": budget,
+        "cost_before": cost0,
+        "cost_after": cost1,
+        "sparsity": 1.0 - cost1 / cost0,
+        "target_sparsity": target_sparsity,
+        "target_met": bool(target_met),
+        "terc_removed": sum(len(e["terc_removed"]) for e in report_layers.values()),
+        "forced": sum(len(e["forced"]) for e in report_layers.values()),
+        "collapsed": [n for n, e in report_layers.items() if e["collapse"]],
+        "passes": passes,
+        "samples": int(data.shape[0]),
+        "margin_k": k,
+        "reference": reference,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _fill(cost, layers, widths, res, goal) -> list[int]:
+    """Put TERC-removed nodes back (highest score first, input-side layers first) while cost <= goal."""
+    counts = [len(res[layer.root]["kept"]) for layer in layers]
+    for li in sorted(range(len(layers)), key=lambda j: layers[j].order):
+        r = res[layers[li].root]
+        if "order" not in r:
+            continue
+        restored = []
+        for i in reversed(r["order"]):
+            if i not in r["terc_removed"]:
+                continue
+            counts[li] += 1
+            if cost.cost(widths, counts) > goal:
+                counts[li] -= 1
+                break
+            restored.append(i)
+        if restored:
+            r["kept"] = sorted(set(r["kept"]) | set(restored))
+            r["terc_removed"] = sorted(set(r["terc_removed"]) - set(restored))
+            r["restored"] = sorted(restored)
+    return counts
+
+
+def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Module:
+    """Physically remove, in place, every node not kept in ``masks["layers"]`` (torch-pruning).
+
+    Each layer's removal is one dependency group (coupled layers follow); a group that would
+    leave no channel is refused by torch-pruning's check and reported in ``masks["refused"]``.
+    """
+    import torch_pruning as tp  # noqa: F401  (the dependency graph comes from analyse)
+
+    dg, layers, _ = analyse(model, example)
+    modules = dict(model.named_modules())
+    refused = []
+    for layer in layers:
+        entry = masks["layers"].get(layer.root)
+        if entry is None:
+            continue
+        keep = set(entry["kept"])
+        drop = [c for c in range(layer.width) if c not in keep]
+        if not drop:
+            continue
+        module = modules[layer.root]
+        group = dg.get_pruning_group(module, dg.get_pruner_of_module(module).prune_out_channels, idxs=drop)
+        if len(drop) >= layer.width or not dg.check_pruning_group(group):
+            refused.append(layer.root)
+            continue
+        group.prune()
+    masks["refused"] = refused
+    return model
+
+
+def reinitialize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every parameter freshly initialized (``reset_parameters``)."""
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+            m.reset_parameters()
+    return fresh
+
+
+def mipp_prune(model: nn.Module, x, y=None, target_sparsity: float | None = None, at_init: bool = False,
+               seed: int = 0, **options) -> tuple[nn.Module, dict]:
+    """MIPP on a copy of ``model``: returns (pruned model, report).
+
+    ``y`` is not used (MIPP is activation-based; kept for the criterion signature).
+    ``at_init=True`` prunes a freshly re-initialized copy (seed ``seed``): train it afterwards.
+    ``options`` go to :func:`mipp_masks` (budget, samples, k, subsets, reference, min_keep, fill).
+    Report: :func:`mipp_masks`'s, plus ``weights_before`` / ``weights_after`` / ``weight_sparsity``
+    counted on the models, ``at_init`` and ``refused`` (groups torch-pruning would not empty).
+    """
+    work = reinitialize(model, seed) if at_init else copy.deepcopy(model)
+    work.eval()
+    w0 = weight_count(work)
+    report = mipp_masks(work, x, target_sparsity, seed=seed, **options)
+    param = next(work.parameters())
+    example = _samples(x, 8, seed, param.dtype)[:1]
+    apply_kept(work, report, example)
+    w1 = weight_count(work)
+    report.update(weights_before=w0, weights_after=w1, weight_sparsity=1.0 - w1 / w0, at_init=at_init)
+    return work.eval(), report
+
+
+def mipp_pre_step(model: nn.Module, x, y, retrain=None, macs_sparsity: float | None = None,
+                  **options) -> tuple[nn.Module, dict]:
+    """Hook for ``prune_to_macs``: MIPP toward a MAC target before the channel loop.
+
+    Returns (pruned model, records) where ``records["kept"]`` maps each pruned conv/linear to
+    the original indices of its remaining output channels. ``retrain`` is not used.
+    """
+    options.setdefault("budget", "macs")
+    pruned, report = mipp_prune(model, x, y, target_sparsity=macs_sparsity, **options)
+    return pruned, report

@@ -1,0 +1,687 @@
+"""VIBNet: variational-information-bottleneck gates, trained, then removed physically (Dai et al. 2018).
+
+Seed 003 (and the authors' code, ``zhuchen03/VIBNet``). Every prunable layer's output h_i
+(per conv channel / per linear neuron; not the classifier output) is multiplied by a gate
+
+    z = mu + sigma * eps,  eps ~ N(0, 1) per sample and unit, in training;   z = mu * m at eval,
+
+with parameters ``mu`` (init 1) and ``log sigma^2`` (init -9, the authors' ``init_mag``), and
+``m`` the hard mask below. Training minimizes (paper's final objective, per sample)
+
+    loss = CE + sum_i gamma_i * sum_units log(1 + alpha),     alpha = mu^2 / sigma^2,
+
+``log(1 + mu^2/sigma^2)`` being (twice) the KL bound on I(h_i; h_{i-1}) after optimizing the
+prior's variance. Conventions against the paper and code, so settings translate:
+
+* ``gamma_i = gamma * layer_gamma[i]`` (``layer_gamma`` default: 1 for every layer). The
+  authors' code adds ``kl_fac * 0.5 * kl_mult_i * log(1+alpha)`` summed over every *position* of a
+  conv map, and the paper multiplies the CE by the number of layers L; here the KL of a
+  channel counts once (a channel is one unit that is kept or removed) and the CE is not
+  scaled, so ``gamma = 0.5 * kl_fac * kl_mult_i * (H*W)`` of theirs.
+* The code's ``logalpha`` is ``log(sigma^2/mu^2)`` and it keeps units with ``logalpha <
+  mask_thresh`` (default 0). Here ``log_alpha = log(mu^2/sigma^2)`` and a unit is removed when
+  ``log_alpha < threshold`` (default 0: alpha < 1, the signal-to-noise ratio of the gate below
+  one); ``threshold = -mask_thresh``.
+
+Where the gate goes. On the conv/linear output, except when the layer's only consumer is an
+affine BatchNorm: then on the BN output. Either way the deterministic eval scale ``mu * m``
+folds *exactly* into the parameters that produced the gated tensor (conv/linear weight rows
+and bias, or BN weight and bias), and a closed unit outputs exactly 0, so removing it (the
+next layer's input column goes with it, through torch-pruning) does not change the output
+when what follows maps 0 to 0 (ReLU, pooling, another conv/linear, flatten, addition of
+coupled channels that are all closed). When it maps 0 to a constant instead (a BN between the
+closed channel and the next layer, as in a pre-activation BN after a DenseNet concat), the
+constant's contribution is added to the next layer's bias before the removal: exact for a
+linear or 1x1/unpadded conv consumer; at the borders of a padded k x k conv a small error
+stays. :func:`vib_prune` measures and reports the difference (``max_abs_diff``).
+The paper puts the gate after the activation (conv -> BN -> ReLU -> gate); with mu > 0 that is
+the same function, ReLU(mu h) = mu ReLU(h).
+
+Input gates (``gate_inputs=True``, needed to compare with the paper's LeNet-300-100 784-300-100
+-> 97-71-33, whose first number counts input pixels): one gate per input feature/channel of
+the first layer. The model's input shape is the data's, so closed inputs become zero weight
+columns of the first layer (reported as ``inputs_used``), not a smaller input.
+
+Gates are forward hooks (forward pre-hooks for input gates) on the existing modules, with
+their parameters in one ``VibGates`` module kept as the plain attribute ``model.vib_gates``
+(not a submodule: ``model.parameters()`` and ``state_dict()`` stay the original ones), so
+they work on any ``nn.Module``, including
+the ``GraphModule`` of :mod:`tinyprune.lift`, and leave its structure alone.
+:func:`remove_gates` folds them and deletes hooks and attribute: the result has the original
+module structure and no gate ops, so it exports with ``torch.export``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinyprune.errors import ConfigError
+
+GATES = "vib_gates"  # attribute of a gated model holding its VibGates
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_EPS = 1e-8
+
+Progress = Callable[[int, int, str], None]
+
+
+def _quiet(done: int, total: int, message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class VibConfig:
+    gamma: float = 2e-3  # KL weight per unit and sample (see the module doc for the paper's scale)
+    epochs: int = 10  # VIB training epochs (network weights and gates trained together)
+    lr: float = 1e-3  # Adam learning rate of the network weights, cosine-annealed over the epochs
+    gate_lr: float = 1e-2  # Adam learning rate of mu and log sigma^2 (the authors' code has ib_lr too)
+    threshold: float = 0.0  # remove units with log(mu^2 / sigma^2) below this (paper: 0)
+    batch_size: int = 100
+    init_log_sigma2: float = -9.0  # authors' code: init_mag = 9
+    gate_inputs: bool = False  # also gate the first layer's inputs (paper's LeNet-300-100 table)
+    layer_gamma: tuple[float, ...] | None = None  # per gated layer multiplier, in gate order; None: all 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma >= 0):
+            raise ConfigError(f"--vib-gamma must be a number >= 0, got {self.gamma!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"--vib-epochs must be an integer >= 0, got {self.epochs!r}")
+        if not self.lr > 0 or not self.gate_lr > 0 or self.batch_size < 1:
+            raise ConfigError("VIB learning rate must be > 0 and batch size >= 1")
+        if not math.isfinite(self.threshold) or not math.isfinite(self.init_log_sigma2):
+            raise ConfigError("VIB threshold and initial log sigma^2 must be finite numbers")
+        if self.layer_gamma is not None and any(not (g >= 0 and math.isfinite(g)) for g in self.layer_gamma):
+            raise ConfigError(f"layer_gamma must hold numbers >= 0, got {self.layer_gamma!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Gate(nn.Module):
+    """``z = mu + sigma * eps`` per unit (training) or ``mu * mask`` (eval) on one axis of a tensor."""
+
+    def __init__(self, units: int, axis: int, init_log_sigma2: float = -9.0, threshold: float = 0.0):
+        super().__init__()
+        self.mu = nn.Parameter(torch.ones(units))
+        self.log_sigma2 = nn.Parameter(torch.full((units,), float(init_log_sigma2)))
+        self.axis = axis  # 1: channels of [N, C, ...]; -1: features of a Linear's [N, ..., F]
+        self.threshold = float(threshold)
+
+    def log_alpha(self) -> torch.Tensor:
+        """log(mu^2 / sigma^2) per unit (the paper's alpha; the authors' code stores its negative)."""
+        return torch.log(self.mu.pow(2) + _EPS) - self.log_sigma2
+
+    def kl(self) -> torch.Tensor:
+        """sum over units of log(1 + mu^2 / sigma^2), the layer's KL bound (paper's form)."""
+        return F.softplus(self.log_alpha()).sum()
+
+    def mask(self) -> torch.Tensor:
+        """1 for units kept (log alpha >= threshold), 0 for units removed."""
+        return (self.log_alpha() >= self.threshold).to(self.mu.dtype)
+
+    def scale(self) -> torch.Tensor:
+        """The deterministic eval-time factor mu * mask, per unit."""
+        return self.mu * self.mask()
+
+    def _view(self, z: torch.Tensor, x: torch.Tensor, batched: bool) -> torch.Tensor:
+        if self.axis == 1:
+            shape = [x.shape[0] if batched else 1, x.shape[1]] + [1] * (x.ndim - 2)
+        else:
+            shape = [x.shape[0] if batched else 1] + [1] * (x.ndim - 2) + [x.shape[-1]]
+        return z.reshape(shape)
+
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
+        """``sample``: draw z (training) or use mu * mask (eval); None: this module's own mode.
+        The hooks pass the hooked layer's mode, so ``model.train()``/``model.eval()`` decide."""
+        sample = self.training if sample is None else sample
+        if x.ndim < 2:
+            return x * self.scale()  # an unbatched vector: nothing to sample per sample
+        if sample:
+            eps = torch.randn(x.shape[0], self.mu.numel(), dtype=x.dtype, device=x.device)
+            z = self.mu + eps * torch.exp(0.5 * self.log_sigma2)
+            return x * self._view(z, x, batched=True)
+        return x * self._view(self.scale(), x, batched=False)
+
+
+class _OutHook:
+    """Forward hook: the module's output times its gate."""
+
+    def __init__(self, gate: Gate):
+        self.gate = gate
+
+    def __call__(self, module, inputs, output):
+        return self.gate(output, module.training)
+
+
+class _InHook:
+    """Forward pre-hook: the module's first input times its gate."""
+
+    def __init__(self, gate: Gate):
+        self.gate = gate
+
+    def __call__(self, module, args):
+        return (self.gate(args[0], module.training),) + tuple(args[1:])
+
+
+class VibGates(nn.Module):
+    """The gate parameters of a gated model, and what each gate is attached to."""
+
+    def __init__(self):
+        super().__init__()
+        self.gates = nn.ModuleDict()
+        # key -> {"layer": conv/linear name, "on": module the hook sits on, "kind": "output"|"input"}
+        self.where: dict[str, dict] = {}
+        self.history: list[dict] = []  # per epoch of train_vib: mean CE, KL (sum over gates), kept units
+
+    def kl_terms(self) -> dict[str, torch.Tensor]:
+        return {k: g.kl() for k, g in self.gates.items()}
+
+    def output_gates(self) -> dict[str, Gate]:
+        """conv/linear name -> its output gate."""
+        return {w["layer"]: self.gates[k] for k, w in self.where.items() if w["kind"] == "output"}
+
+    def input_gate(self) -> tuple[str, Gate] | None:
+        for k, w in self.where.items():
+            if w["kind"] == "input":
+                return w["layer"], self.gates[k]
+        return None
+
+
+def gates_of(model: nn.Module) -> VibGates | None:
+    g = getattr(model, GATES, None)
+    return g if isinstance(g, VibGates) else None
+
+
+def _units(m: nn.Module) -> int:
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    if isinstance(m, _BN):
+        return m.num_features
+    return m.out_channels
+
+
+def output_layers(model: nn.Module, classes: int | None) -> list[str]:
+    """Names of the layers whose outputs are class scores (never gated): the last conv/linear
+    with ``classes`` outputs, or the last conv/linear when ``classes`` is None."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+    if not layers:
+        return []
+    if classes is not None:
+        match = [n for n, m in layers if _units(m) == classes]
+        if match:
+            return match[-1:]
+    return [layers[-1][0]]
+
+
+def _bn_consumers(model: nn.Module, example: torch.Tensor | None) -> dict[str, str]:
+    """conv/linear name -> name of the affine BatchNorm that is its output's only consumer."""
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[str, str] = {}
+    if example is not None:
+        import torch_pruning as tp
+
+        dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+        for m, node in dg.module2node.items():
+            if isinstance(m, PRUNABLE) and len(node.outputs) == 1:
+                nxt = node.outputs[0].module
+                if isinstance(nxt, _BN) and nxt.affine and m in names and nxt in names:
+                    out[names[m]] = names[nxt]
+        return out
+    try:  # no example: a symbolic trace sees call_module nodes (Sequential, lifted GraphModules)
+        import torch.fx as fx
+
+        gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    except Exception:
+        return out
+    mods = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(mods.get(node.target), PRUNABLE) and len(node.users) == 1:
+            (user,) = node.users
+            bn = mods.get(user.target) if user.op == "call_module" else None
+            if isinstance(bn, _BN) and bn.affine:
+                out[node.target] = user.target
+    return out
+
+
+def _key(name: str, kind: str) -> str:
+    return f"{kind}__{name.replace('.', '__') or 'root'}"
+
+
+def insert_gates(model: nn.Module, example: torch.Tensor | np.ndarray | None = None, classes: int | None = None,
+                 gate_inputs: bool = False, init_log_sigma2: float = -9.0, threshold: float = 0.0) -> nn.Module:
+    """Attach a VIB gate to every prunable layer of ``model`` (in place; returns ``model``).
+
+    ``example``: one input batch; with it, torch-pruning's dependency graph finds which layers
+    feed a BatchNorm directly (the gate then goes after the BN). Without it a symbolic trace
+    is tried, and failing that every gate goes on the layer output. ``classes``: number of
+    outputs, to find the classifier layer (never gated); None: the last conv/linear.
+    """
+    if gates_of(model) is not None:
+        raise ConfigError("the model already has VIB gates")
+    if isinstance(example, np.ndarray):
+        example = torch.from_numpy(example)
+    skip = set(output_layers(model, classes))
+    bn_after = _bn_consumers(model, example)
+    modules = dict(model.named_modules())
+    registry = VibGates()
+    prunable = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+    if gate_inputs and prunable:
+        first_name, first = prunable[0]
+        if isinstance(first, nn.Linear):
+            units, axis = first.in_features, -1
+        elif first.groups == 1:
+            units, axis = first.in_channels, 1
+        else:
+            raise ConfigError("input gates need a first layer that is a Linear or an ungrouped conv")
+        if example is not None:
+            _check_reads_input(model, first, example)
+        key = _key(first_name, "input")
+        registry.gates[key] = Gate(units, axis, init_log_sigma2, threshold)
+        registry.where[key] = {"layer": first_name, "on": first_name, "kind": "input"}
+    for name, m in prunable:
+        if name in skip:
+            continue
+        on = bn_after.get(name, name)
+        axis = -1 if isinstance(m, nn.Linear) and on == name else 1
+        key = _key(name, "output")
+        registry.gates[key] = Gate(_units(m), axis, init_log_sigma2, threshold)
+        registry.where[key] = {"layer": name, "on": on, "kind": "output"}
+    if not registry.where:
+        raise ConfigError("the model has no prunable layer besides its classifier; nothing to gate")
+    for key, w in registry.where.items():
+        target = modules[w["on"]]
+        if w["kind"] == "input":
+            target.register_forward_pre_hook(_InHook(registry.gates[key]))
+        else:
+            target.register_forward_hook(_OutHook(registry.gates[key]))
+    # A plain attribute, not a submodule: a Sequential would run a submodule as a layer, and
+    # the model's state_dict and parameters() stay those of the original model.
+    object.__setattr__(model, GATES, registry)
+    return model
+
+
+def _check_reads_input(model: nn.Module, first: nn.Module, example: torch.Tensor) -> None:
+    seen = {}
+
+    def grab(_m, args):
+        seen["x"] = args[0].detach()
+
+    h = first.register_forward_pre_hook(grab)
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        h.remove()
+        model.train(was)
+    x = seen.get("x")
+    if x is None or x.numel() != example.numel() or not torch.equal(x.reshape(-1), example.reshape(-1)):
+        raise ConfigError("input gates need the first layer to read the model input (possibly flattened)")
+
+
+def _strip_hooks(model: nn.Module) -> None:
+    for m in model.modules():
+        for store in (m._forward_hooks, m._forward_pre_hooks):
+            for hid in [h for h, fn in store.items() if isinstance(fn, (_OutHook, _InHook))]:
+                del store[hid]
+
+
+@torch.no_grad()
+def remove_gates(model: nn.Module) -> nn.Module:
+    """Fold each gate's eval scale ``mu * mask`` into the parameters before it; delete the hooks
+    and the gate attribute (in place; returns ``model``). The result computes exactly what
+    the gated model computes in eval mode, with the original module structure."""
+    registry = gates_of(model)
+    if registry is None:
+        _strip_hooks(model)
+        return model
+    modules = dict(model.named_modules())
+    for key, w in registry.where.items():
+        z = registry.gates[key].scale().detach()
+        target = modules[w["on"]]
+        if w["kind"] == "input":
+            weight = target.weight
+            shape = [1, -1] + [1] * (weight.ndim - 2)
+            weight.mul_(z.to(weight.dtype).reshape(shape))
+            continue
+        if isinstance(target, _BN) or isinstance(target, PRUNABLE):
+            shape = [-1] + [1] * (target.weight.ndim - 1)
+            target.weight.mul_(z.to(target.weight.dtype).reshape(shape))
+            if target.bias is not None:
+                target.bias.mul_(z.to(target.bias.dtype))
+    _strip_hooks(model)
+    object.__delattr__(model, GATES)
+    return model
+
+
+def kl_total(model: nn.Module, layer_gamma: Sequence[float] | None = None) -> torch.Tensor:
+    """sum_i layer_gamma_i * KL_i over the gates of ``model`` (without the global gamma)."""
+    registry = gates_of(model)
+    if registry is None:
+        raise ConfigError("the model has no VIB gates")
+    terms = list(registry.kl_terms().values())
+    if layer_gamma is None:
+        return torch.stack(terms).sum()
+    if len(layer_gamma) != len(terms):
+        raise ConfigError(f"layer_gamma has {len(layer_gamma)} values for {len(terms)} gates")
+    return sum(float(g) * t for g, t in zip(layer_gamma, terms))
+
+
+def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma: float, lr: float = 1e-3,
+              batch_size: int = 100, seed: int = 0, progress: Progress = _quiet, classes: int | None = None,
+              layer_gamma: Sequence[float] | None = None, gate_inputs: bool = False,
+              init_log_sigma2: float = -9.0, threshold: float = 0.0, gate_lr: float = 1e-2) -> nn.Module:
+    """Train ``model`` with loss CE + gamma * sum_i layer_gamma_i * KL_i (Adam, cosine schedule).
+
+    The gates get their own learning rate ``gate_lr``: Adam moves a parameter by about its
+    learning rate per step whatever gamma is, and log sigma^2 starts at -9, so at the network's
+    rate (1e-3) a unit needs ~9000 steps before its gate can close.
+
+    Gates are inserted first if the model has none (in place). Returns the gated model in eval
+    mode; ``model.vib_gates.history`` holds per epoch the mean CE, the unweighted KL sum and
+    the units kept at the threshold (epoch 0: before training).
+    """
+    if gates_of(model) is None:
+        insert_gates(model, torch.from_numpy(x[:1]), classes, gate_inputs, init_log_sigma2, threshold)
+    registry = gates_of(model)
+    torch.manual_seed(seed)  # the gate noise
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def snapshot(epoch: int, ce: float | None) -> None:
+        with torch.no_grad():
+            kl = float(kl_total(model))
+            kept = {w["layer"] + ("" if w["kind"] == "output" else ":inputs"): int(registry.gates[k].mask().sum())
+                    for k, w in registry.where.items()}
+        registry.history.append({"epoch": epoch, "ce": ce, "kl": kl, "kept": kept})
+
+    if not registry.history:
+        snapshot(0, None)
+    if epochs == 0:
+        return model.eval()
+    opt = torch.optim.Adam([{"params": list(model.parameters()), "lr": lr},
+                            {"params": list(registry.parameters()), "lr": gate_lr}])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    steps = (len(x) + batch_size - 1) // batch_size
+    done = 0
+    start = registry.history[-1]["epoch"]
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        ce_sum, n_sum = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < 2 and len(x) > 1:
+                continue  # a batch of one breaks batch-norm statistics
+            opt.zero_grad()
+            ce = loss_fn(model(xt[idx]), yt[idx])
+            loss = ce + gamma * kl_total(model, layer_gamma)
+            loss.backward()
+            opt.step()
+            ce_sum += ce.item() * len(idx)
+            n_sum += len(idx)
+            done += 1
+            progress(done, epochs * steps, f"VIB epoch {epoch + 1}/{epochs} CE {ce.item():.3f}")
+        sched.step()
+        snapshot(start + epoch + 1, ce_sum / max(n_sum, 1))
+    return model.eval()
+
+
+def gate_stats(model: nn.Module) -> dict[str, dict]:
+    """Per gate (conv/linear name, ``NAME:inputs`` for the input gate): log alpha and the mask."""
+    registry = gates_of(model)
+    if registry is None:
+        raise ConfigError("the model has no VIB gates")
+    out = {}
+    with torch.no_grad():
+        for key, w in registry.where.items():
+            g = registry.gates[key]
+            la = g.log_alpha().detach().double().numpy()
+            name = w["layer"] if w["kind"] == "output" else f"{w['layer']}:inputs"
+            out[name] = {"on": w["on"], "kind": w["kind"], "log_alpha": la, "mask": g.mask().bool().numpy(),
+                         "mu": g.mu.detach().double().numpy()}
+    return out
+
+
+@torch.no_grad()
+def _absorb_constant_inputs(model: nn.Module, group, x: torch.Tensor) -> None:
+    """Before a removal: where a consumer conv/linear receives a *constant* on an input channel
+    about to go (a closed channel passed through a BN that shifts 0, as in a pre-activation
+    BN after a concat), add that constant's contribution to the consumer's bias.
+
+    Exact for linear layers and for convs without zero padding or with 1x1 kernels; for a
+    padded k x k conv the border positions, where part of the kernel sees padding, keep a small
+    error (reported by :func:`vib_prune` as ``max_abs_diff``). Consumers without a bias, and
+    inputs that are not constant, are left alone.
+    """
+    consumers = [(dep.layer, list(idxs)) for dep, idxs in group
+                 if getattr(dep.pruning_fn, "__name__", "") == "prune_in_channels"
+                 and isinstance(dep.layer, PRUNABLE) and dep.layer.bias is not None
+                 and (isinstance(dep.layer, nn.Linear) or dep.layer.groups == 1)]
+    if not consumers:
+        return
+    seen: dict[int, torch.Tensor] = {}
+
+    def grab(i, layer, idxs):
+        def hook(_m, args):
+            a = args[0]
+            seen[i] = (a[..., idxs] if isinstance(layer, nn.Linear) else a[:, idxs]).detach()
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab(i, layer, idxs)) for i, (layer, idxs) in enumerate(consumers)]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    for i, (layer, idxs) in enumerate(consumers):
+        a = seen.get(i)
+        if a is None:
+            continue
+        if isinstance(layer, nn.Linear):
+            a = a.reshape(-1, len(idxs))
+        else:
+            a = a.transpose(0, 1).reshape(len(idxs), -1).T
+        v = a.mean(0)
+        if not bool(((a - v).abs() <= 1e-5 * v.abs().clamp_min(1.0)).all()) or not bool(v.abs().gt(0).any()):
+            continue
+        w = layer.weight[:, idxs]
+        if w.ndim > 2:
+            w = w.flatten(2).sum(2)  # each output position sums the kernel over the constant
+        layer.bias.add_((w @ v.to(w.dtype)).to(layer.bias.dtype))
+
+
+def remove_channels(model: nn.Module, example: torch.Tensor, closed: dict[str, set[int]],
+                    kept: dict[str, list[int]] | None = None, score: dict[str, np.ndarray] | None = None,
+                    x_check: torch.Tensor | None = None):
+    """Physically remove the output channels ``closed[layer]`` (original channel ids) of each
+    conv/linear with torch-pruning; returns ``kept`` (layer -> original ids that remain).
+
+    A channel coupled to other layers (residual adds, depthwise convs) goes only when it is
+    closed in every coupled conv/linear. No layer is emptied: its highest-``score`` channel
+    (e.g. log alpha) stays, already zero when it was closed, so the function is unchanged.
+    With ``x_check`` (a few inputs), constants that a removed channel still fed to the next
+    layer are folded into that layer's bias first (:func:`_absorb_constant_inputs`).
+    """
+    import torch_pruning as tp
+
+    from tinyprune.prune.criteria import removes_outputs
+
+    model.eval()
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    if kept is None:
+        kept = {n: list(range(_units(m))) for n, m in modules.items() if isinstance(m, PRUNABLE)}
+    kept = {k: list(v) for k, v in kept.items()}
+    dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+    for name in [n for n in kept if n in closed]:
+        layer = modules[name]
+        ids = [c for c in kept[name] if c in closed[name]]
+        if len(ids) >= len(kept[name]):  # never empty a layer
+            rank = score.get(name) if score else None
+            best = max(kept[name], key=lambda c: rank[c] if rank is not None else -c)
+            ids = [c for c in ids if c != best]
+        if not ids:
+            continue
+        pos = [kept[name].index(c) for c in ids]
+        fn = dg.get_pruner_of_module(layer).prune_out_channels
+        group = dg.get_pruning_group(layer, fn, pos)
+        allowed = set(pos)
+        for i, (dep, idxs) in enumerate(group):
+            other = dep.layer
+            if other is layer or not removes_outputs(dep) or not isinstance(other, PRUNABLE):
+                continue
+            oname = names.get(other)
+            for root, d in zip(group[i].root_idxs, idxs):
+                cid = kept[oname][d] if oname in kept and d < len(kept[oname]) else None
+                if oname not in closed or cid not in closed[oname]:
+                    allowed.discard(int(root))
+        if not allowed:
+            continue
+        if len(allowed) < len(pos):
+            group = dg.get_pruning_group(layer, fn, sorted(allowed))
+        if not dg.check_pruning_group(group):
+            continue
+        if x_check is not None:
+            _absorb_constant_inputs(model, group, x_check)
+        for dep, idxs in group:
+            oname = names.get(dep.layer)
+            if removes_outputs(dep) and oname in kept and isinstance(dep.layer, PRUNABLE):
+                drop = set(int(i) for i in idxs)
+                kept[oname] = [c for p, c in enumerate(kept[oname]) if p not in drop]
+        group.prune()
+    return kept
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+
+def vib_prune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, cfg: VibConfig, classes: int | None,
+              progress: Progress | None = None, x_check: np.ndarray | None = None) -> tuple[nn.Module, dict]:
+    """VIB-train a copy of ``model`` on (x_train, y_train), remove the units whose log alpha
+    falls below ``cfg.threshold`` and fold the gates away. Returns (plain pruned model, report).
+
+    Report: ``layers`` (per gated layer: channels before/after, kept original ids, log alpha
+    min/median/max, whether it collapsed to the one channel that is always kept), ``inputs``
+    (input gates), ``history`` (CE/KL per epoch), ``max_abs_diff`` between the pruned model and
+    the gated model in eval mode on ``x_check`` (default: 256 training samples), MACs/params.
+    """
+    from tinyprune.measure.macs import count_torch
+
+    progress = progress or _quiet
+    model = copy.deepcopy(model).eval()
+    example = torch.from_numpy(x_train[:1])
+    macs0, params0 = count_torch(model, example)
+    widths0 = {n: _units(m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    insert_gates(model, example, classes, cfg.gate_inputs, cfg.init_log_sigma2, cfg.threshold)
+    train_vib(model, x_train, y_train, cfg.epochs, cfg.gamma, cfg.lr, cfg.batch_size, cfg.seed, progress,
+              layer_gamma=cfg.layer_gamma, gate_lr=cfg.gate_lr)
+    stats = gate_stats(model)
+    history = list(gates_of(model).history)
+    xc = torch.from_numpy(x_check if x_check is not None else x_train[:256])
+    reference = _outputs(model, xc)
+    remove_gates(model)
+    closed = {n: set(np.flatnonzero(~s["mask"]).tolist()) for n, s in stats.items() if s["kind"] == "output"}
+    scores = {n: s["log_alpha"] for n, s in stats.items() if s["kind"] == "output"}
+    kept = remove_channels(model, example, closed, score=scores, x_check=xc[:64])
+    diff = float((_outputs(model, xc) - reference).abs().max())
+    macs1, params1 = count_torch(model, example)
+    layers = []
+    for name, width in widths0.items():
+        s = stats.get(name)
+        rec = {"name": name, "channels_before": width, "channels_after": len(kept.get(name, range(width))),
+               "gated": s is not None}
+        if s is not None:
+            la = s["log_alpha"]
+            rec.update(gate_on=s["on"], closed=int((~s["mask"]).sum()),
+                       collapsed=bool(not s["mask"].any()),
+                       log_alpha={"min": float(la.min()), "median": float(np.median(la)), "max": float(la.max())},
+                       kept=[int(c) for c in kept.get(name, [])])
+        layers.append(rec)
+    inputs = None
+    for name, s in stats.items():
+        if s["kind"] == "input":
+            la = s["log_alpha"]
+            inputs = {"layer": name.split(":")[0], "inputs": int(la.size), "inputs_used": int(s["mask"].sum()),
+                      "log_alpha": {"min": float(la.min()), "median": float(np.median(la)), "max": float(la.max())}}
+    report = {
+        "method": "vib", "config": cfg.to_dict(), "layers": layers, "inputs": inputs, "history": history,
+        "kept": kept, "log_alpha": {n: v.tolist() for n, v in scores.items()},
+        "max_abs_diff": diff, "macs_before": macs0, "macs_after": macs1, "params_before": params0,
+        "params_after": params1,
+    }
+    return model, report
+
+
+class VibImportance:
+    """torch-pruning importance from a finished VIB run: a channel's log alpha (by channel
+    identity, through ``kept`` which ``prune_to_macs`` keeps up to date). Used when the MAC
+    target asks for more than the threshold removed: the noisiest gates go next."""
+
+    def __init__(self, model: nn.Module, log_alpha: dict[str, Sequence[float]]):
+        self.model = model
+        self.log_alpha = {k: torch.as_tensor(np.asarray(v), dtype=torch.float64) for k, v in log_alpha.items()}
+        self.kept: dict[str, list[int]] | None = None
+
+    def __call__(self, group) -> torch.Tensor | None:
+        from tinyprune.prune.criteria import removes_outputs
+
+        names = {m: n for n, m in self.model.named_modules()}
+        total = count = None
+        for i, (dep, idxs) in enumerate(group):
+            name = names.get(dep.layer, "")
+            if name not in self.log_alpha or not removes_outputs(dep):
+                continue
+            ids = self.kept.get(name) if self.kept is not None else None
+            la = self.log_alpha[name]
+            current = la[torch.as_tensor(ids)] if ids is not None else la
+            local = current[torch.as_tensor(idxs)].float()
+            root = torch.as_tensor(group[i].root_idxs)
+            if total is None:
+                n = len(group[0].idxs)
+                total, count = torch.zeros(n), torch.zeros(n)
+            total.index_add_(0, root, local)
+            count.index_add_(0, root, torch.ones_like(local))
+        if total is None:
+            return None
+        # Coupled channels: the mean over the layers that share them. Values may be negative;
+        # torch-pruning removes the lowest, across layers when the ranking is global (log alpha
+        # is in the same units in every layer).
+        return total / count.clamp_min(1)
+
+
+def config_from_prune(cfg) -> VibConfig:
+    """A VibConfig from the ``vib_*`` fields of a PruneConfig (defaults where a field is absent)."""
+    base = VibConfig()
+    return VibConfig(
+        gamma=getattr(cfg, "vib_gamma", base.gamma),
+        epochs=getattr(cfg, "vib_epochs", base.epochs),
+        threshold=getattr(cfg, "vib_threshold", base.threshold),
+        lr=getattr(cfg, "vib_lr", base.lr),
+        seed=getattr(cfg, "seed", base.seed),
+    )
+
+
+def prepare_vib(model: nn.Module, cfg, x_train: np.ndarray, y_train: np.ndarray, classes: int,
+                progress: Progress | None = None):
+    """The ``vib`` criterion's step before the MAC loop: VIB-train, threshold, remove, fold.
+
+    Returns ``(plain pruned model, kept, report)``; ``report["log_alpha"]`` feeds
+    :class:`VibImportance` for any further steps toward the MAC target.
+    """
+    pruned, report = vib_prune(model, x_train, y_train, config_from_prune(cfg), classes, progress)
+    return pruned, report["kept"], report
