@@ -100,9 +100,17 @@ def build_keras_models(cache_root: Path) -> Path:
     return folder
 
 
+def _cache_dir(request) -> Path:
+    # pytest's cache plugin can be disabled (-p no:cacheprovider): fall back to a temp dir
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("tinyprune-keras-tflite"))
+    return request.getfixturevalue("tmp_path_factory").mktemp("keras-tflite")
+
+
 @pytest.fixture(scope="session")
 def keras_models(request) -> Path:
-    return build_keras_models(Path(request.config.cache.mkdir("tinyprune-keras-tflite")))
+    return build_keras_models(_cache_dir(request))
 
 
 @pytest.fixture(scope="session")

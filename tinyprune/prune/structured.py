@@ -78,33 +78,40 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     # coarse step and overshoot the MAC target far (all of LeNet-5's conv1 is 6 channels).
     channels = sum(before.values())
     steps_total = max(cfg.max_steps, min(400, channels))
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=importance,
-        global_pruning=criterion.global_ranking,
-        # A channel ratio of 0.95 spread over the steps: the loop below stops at the MAC target.
-        pruning_ratio=0.95,
-        # the floor of global rankings: no layer loses more than 80 % of its channels
-        max_pruning_ratio=0.8 if criterion.global_ranking else 1.0,
-        iterative_steps=steps_total,
-        ignored_layers=_output_layers(model, classes),
-        round_to=None,
-    )
     names = {m: n for n, m in model.named_modules()}
     macs = count_torch(model, example)[0]  # skip-unit removal may already have met the target
     steps = 0
-    while macs > target and steps < steps_total:
-        steps += 1
-        for group in pruner.step(interactive=True):
-            # Follow each channel's identity through the steps, for the per-layer report.
-            for dep, idxs in group:
-                name = names.get(dep.layer)
-                if removes_outputs(dep) and name in kept:
-                    drop = set(int(i) for i in idxs)
-                    kept[name] = [c for pos, c in enumerate(kept[name]) if pos not in drop]
-            group.prune()
-        macs, _ = count_torch(model, example)
+    # A global ranking can stop short of the target when its per-layer floors bind on the
+    # layers that hold the MACs; the rest of the cut is then spread evenly over the layers.
+    for global_ranking in ([True, False] if criterion.global_ranking else [False]):
+        if macs <= target:
+            break
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=importance,
+            global_pruning=global_ranking,
+            # A channel ratio of 0.95 spread over the steps: the loop stops at the MAC target.
+            pruning_ratio=0.95,
+            # the floor of global rankings: no layer loses more than 80 % of its channels
+            max_pruning_ratio=0.8 if global_ranking else 1.0,
+            iterative_steps=steps_total,
+            ignored_layers=_output_layers(model, classes),
+            round_to=None,
+        )
+        phase_steps = 0
+        while macs > target and phase_steps < steps_total:
+            phase_steps += 1
+            for group in pruner.step(interactive=True):
+                # Follow each channel's identity through the steps, for the per-layer report.
+                for dep, idxs in group:
+                    name = names.get(dep.layer)
+                    if removes_outputs(dep) and name in kept:
+                        drop = set(int(i) for i in idxs)
+                        kept[name] = [c for pos, c in enumerate(kept[name]) if pos not in drop]
+                group.prune()
+            macs, _ = count_torch(model, example)
+        steps += phase_steps
     if macs > target * 1.02:
         raise ConfigError(
             f"could not remove {cfg.sparsity:.0%} of MACs with criterion {cfg.criterion} "
