@@ -2,7 +2,6 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -177,3 +176,30 @@ def test_bad_options_are_config_errors(digits):
         mipp_masks(model, digits.x_train[:50], reference="best", samples=50)
     with pytest.raises(ConfigError):
         mipp_masks(model, digits.x_train[:50], budget="flops", samples=50)
+
+
+def test_fill_puts_terc_removed_nodes_back_down_to_the_target(cnn):
+    model, splits = cnn
+    alone = mipp_masks(model, splits.x_train, samples=N)
+    target = alone["sparsity"] / 2
+    filled = mipp_masks(model, splits.x_train, target, samples=N, fill=True)
+    assert target <= filled["sparsity"] < alone["sparsity"] and filled["forced"] == 0
+    restored = [i for e in filled["layers"].values() for i in e.get("restored", [])]
+    assert restored and filled["terc_removed"] == alone["terc_removed"] - len(restored)
+
+
+def test_mipp_criterion_through_prune_to_macs(cnn):
+    """Runs once ``--criterion mipp`` is registered with a pre-step (see the module's wiring notes)."""
+    from tinyprune.config import PruneConfig
+    from tinyprune.prune import CRITERIA, prune_to_macs
+
+    if "mipp" not in CRITERIA or getattr(CRITERIA["mipp"], "pre_step", None) is None:
+        pytest.skip("criterion 'mipp' is not registered yet")
+    model, splits = cnn
+    x, y = splits.x_train[:300], splits.y_train[:300]
+    res = prune_to_macs(model, PruneConfig(criterion="mipp", sparsity=0.6), x, y, classes=10)
+    assert res.macs_after <= 0.4 * res.macs_before * 1.02
+    widths = {layer["name"]: layer["channels_after"] for layer in res.layers}
+    assert all(len(res.kept[name]) == widths[name] for name in res.kept)
+    assert res.kept["0"] == sorted(res.kept["0"]) and max(res.kept["0"]) < 16
+    assert torch.equal(res.model[0].weight, model[0].weight[res.kept["0"]])

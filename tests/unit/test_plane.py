@@ -148,3 +148,19 @@ def test_bad_options_are_config_errors(splits):
             rec.record(0)
     with pytest.raises(ConfigError):
         record_during_finetune(model, x, y, x, y, epochs=-1)
+
+
+def test_plane_command_writes_json_and_png(tmp_path, digits_npz, trained):
+    from tinyprune import api
+
+    if not hasattr(api, "plane"):
+        pytest.skip("tinyprune plane is not wired into api.py yet")
+    from tinyprune.config import CompressConfig
+
+    path = tmp_path / "mlp.pt"
+    torch.save(trained("mlp"), path)
+    result = api.plane(api.ModelSource(path), CompressConfig(), digits_npz, tmp_path / "out", 1,
+                       methods=("binning",), bins=10)
+    assert (tmp_path / "out" / "plane.json").exists() and (tmp_path / "out" / "plane.png").exists()
+    assert result["epochs"] == [0, 1]
+    _check_bounds(json.loads((tmp_path / "out" / "plane.json").read_text()))

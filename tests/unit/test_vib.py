@@ -247,3 +247,25 @@ def test_removal_after_a_pre_activation_batch_norm_stays_exact(trained, splits):
     assert sum(l["channels_before"] - l["channels_after"] for l in report["layers"]) > 0
     assert pruned.fuse[0].num_features < 16 + 2 * 12
     assert report["max_abs_diff"] < 1e-4
+
+
+def test_vib_criterion_through_prune_to_macs(trained, splits):
+    """--criterion vib: the prepare step trains and removes, kept ids follow, log alpha ranks the rest."""
+    from tinyprune.config import PruneConfig
+    from tinyprune.prune import CRITERIA, prune_to_macs
+
+    if "vib" not in CRITERIA or "vib_gamma" not in PruneConfig.__dataclass_fields__:
+        pytest.skip("the vib criterion is not wired into criteria.py / PruneConfig yet")
+    model = trained("mlp")
+    x, y = splits.x_train, splits.y_train
+    cfg = PruneConfig(criterion="vib", sparsity=0.0, vib_gamma=1e-2, vib_epochs=4)
+    res = prune_to_macs(model, cfg, x[:300], y[:300], 10, train=(x, y))
+    assert res.prepared is not None and res.macs_after < res.macs_before  # gamma alone removed units
+    for layer in res.layers:
+        assert len(res.kept[layer["name"]]) == layer["channels_after"]
+    assert res.kept["1"] == res.prepared["kept"]["1"]
+    # a MAC target beyond what the gates closed: the loop continues by lowest log alpha
+    deeper = prune_to_macs(model, PruneConfig(criterion="vib", sparsity=0.95, vib_gamma=1e-2, vib_epochs=4),
+                           x[:300], y[:300], 10, train=(x, y))
+    assert deeper.macs_after <= 0.05 * deeper.macs_before * 1.02
+    assert set(deeper.kept["1"]) <= set(deeper.prepared["kept"]["1"])

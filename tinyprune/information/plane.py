@@ -204,9 +204,8 @@ class PlaneRecorder:
     @torch.no_grad()
     def record(self, epoch: int) -> dict:
         """Measure every layer now; returns ``{layer: {method: (I(X;T), I(T;Y))}}``."""
-        summary = "flat" if self.summary == "flat" else "mean"
         acts = capture_activations(self.model, self.x, layers=self.layers, batch_size=self.batch_size,
-                                   summary=summary)
+                                   summary=self.summary)
         was = self.model.training
         self.model.eval()
         try:
@@ -256,12 +255,18 @@ class PlaneRecorder:
 
 def record_during_finetune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_sample, y_sample,
                            epochs: int, *, methods: str | Sequence[str] = ("binning", "kde"), bins: int = 30,
-                           noise_var: float = 0.1, layers: Iterable[str] | None = None, lr: float = 1e-3,
+                           noise_var: float | str = 0.1, layers: Iterable[str] | None = None, lr: float = 1e-3,
                            batch_size: int = 64, seed: int = 0, progress: Callable | None = None,
-                           label: str = "plane fine-tune", **recorder_options) -> tuple[nn.Module, dict]:
-    """Train ``model`` in place with :func:`tinyprune.train.fit`, one epoch per call (Adam at a
-    constant ``lr``: a fresh optimizer each epoch), recording the plane on (x_sample, y_sample)
-    before training (epoch 0) and after every epoch. Returns (model, plane dict)."""
+                           label: str = "fine-tune", **recorder_options) -> tuple[nn.Module, dict]:
+    """Train ``model`` in place with :func:`tinyprune.train.fit` for ``epochs`` epochs, recording
+    the plane on (x_sample, y_sample) before training (epoch 0) and after every epoch. Returns
+    (model, plane dict).
+
+    When ``fit`` takes an ``on_epoch`` callback, this is one ``fit`` call (Adam, cosine schedule
+    over all epochs): the same training as without the plane. Otherwise ``fit`` runs one epoch
+    per call (a fresh Adam at a constant ``lr`` each epoch, seed + epoch for the shuffle)."""
+    import inspect
+
     from tinyprune.config import FinetuneConfig
     from tinyprune.train import _quiet, fit
 
@@ -270,10 +275,14 @@ def record_during_finetune(model: nn.Module, x_train: np.ndarray, y_train: np.nd
     rec = PlaneRecorder(model, x_sample, y_sample, layers=layers, method=methods, bins=bins, noise_var=noise_var,
                         **recorder_options)
     rec.record(0)
-    cfg = FinetuneConfig(epochs=1, lr=lr, batch_size=batch_size)
-    for epoch in range(1, epochs + 1):
-        fit(model, x_train, y_train, cfg, seed + epoch, progress or _quiet, f"{label} {epoch}/{epochs}")
-        rec.record(epoch)
+    if "on_epoch" in inspect.signature(fit).parameters:
+        fit(model, x_train, y_train, FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size), seed,
+            progress or _quiet, label, on_epoch=lambda epoch, _m: rec.record(epoch))
+    else:
+        cfg = FinetuneConfig(epochs=1, lr=lr, batch_size=batch_size)
+        for epoch in range(1, epochs + 1):
+            fit(model, x_train, y_train, cfg, seed + epoch, progress or _quiet, f"{label} {epoch}/{epochs}")
+            rec.record(epoch)
     return model.eval(), rec.to_dict()
 
 
@@ -287,15 +296,17 @@ def plot_plane(data, path, methods: Sequence[str] | None = None, title: str | No
     """Write the information plane to ``path`` (PNG, matplotlib Agg).
 
     ``data``: one plane dict (:meth:`PlaneRecorder.to_dict`) or a list of ``(title, dict)`` to
-    draw side by side (e.g. original and pruned) with shared axes. One row per method, one
-    curve per layer through its epochs, points coloured by epoch; dashed lines at ln N and
-    H(Y), the bounds of the two axes.
+    draw side by side (e.g. original and pruned). One row per method (shared axes within a
+    row), one curve per layer through its epochs, points coloured by epoch; dashed red lines
+    at the bounds ln N and H(Y). A row whose values all stay below 60 % of a bound zooms in on
+    their range (the bound is then named in the axis label instead of drawn).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
+    from matplotlib.lines import Line2D
 
     panels = _as_panels(data)
     if methods is None:
@@ -304,15 +315,26 @@ def plot_plane(data, path, methods: Sequence[str] | None = None, title: str | No
     norm = colors.Normalize(vmin=0, vmax=max(1, last_epoch))
     cmap = plt.get_cmap("viridis")
     markers = "osD^v<>pPX*h"
-    from matplotlib.lines import Line2D
-
-    fig, axes = plt.subplots(len(methods), len(panels), figsize=(4.6 * len(panels) + 1.2, 4.1 * len(methods)),
+    fig, axes = plt.subplots(len(methods), len(panels), figsize=(4.8 * len(panels) + 1.2, 4.0 * len(methods)),
                              squeeze=False, layout="constrained")
-    x_top = 1.05 * max(d["ln_samples"] for _, d in panels)
-    y_top = 1.08 * max(d["label_entropy"] for _, d in panels)
+    ln_n = max(d["ln_samples"] for _, d in panels)
+    h_y = max(d["label_entropy"] for _, d in panels)
     for r, m in enumerate(methods):
-        for c, (ptitle, d) in enumerate(panels):
-            ax = axes[r][c]
+        row = [(ax, ptitle, d) for ax, (ptitle, d) in zip(axes[r], panels)]
+        xs_all = [v for _, _, d in row if m in d["methods"] for seq in d["methods"][m]["ixt"].values() for v in seq]
+        ys_all = [v for _, _, d in row if m in d["methods"] for seq in d["methods"][m]["ity"].values() for v in seq]
+        x_zoom = bool(xs_all) and max(xs_all) < 0.6 * ln_n
+        y_zoom = bool(ys_all) and max(ys_all) < 0.6 * h_y
+        def span(vals, zoom, bound, pad):
+            if not zoom:
+                return -0.02 * pad * bound, pad * bound
+            lo, hi = min(vals), max(vals)
+            margin = 0.12 * (hi - lo) + 0.02 * bound
+            return max(0.0, lo - margin), hi + margin
+
+        x_lim = span(xs_all, x_zoom, ln_n, 1.05)
+        y_lim = span(ys_all, y_zoom, h_y, 1.08)
+        for c, (ax, ptitle, d) in enumerate(row):
             if m not in d["methods"]:
                 ax.set_visible(False)
                 continue
@@ -328,20 +350,25 @@ def plot_plane(data, path, methods: Sequence[str] | None = None, title: str | No
                            edgecolors="k", linewidths=0.4, zorder=2, clip_on=False)
                 handles.append(Line2D([], [], ls="", marker=marker, mfc="white", mec="k",
                                       label=f"{name} (d={layer['dim']})"))
-            ax.axvline(d["ln_samples"], color="tab:red", lw=0.8, ls="--")
-            ax.axhline(d["label_entropy"], color="tab:red", lw=0.8, ls="--")
-            ax.set_xlabel("I(X;T) [nats]")
-            ax.set_ylabel("I(T;Y) [nats]")
+            if not x_zoom:
+                ax.axvline(d["ln_samples"], color="tab:red", lw=0.8, ls="--")
+            if not y_zoom:
+                ax.axhline(d["label_entropy"], color="tab:red", lw=0.8, ls="--")
+            ax.set_xlabel("I(X;T) [nats]" + (f"  (bound ln N = {d['ln_samples']:.2f})" if x_zoom else ""))
             nv = vals.get("noise_var")
             opt = (f"{vals['bins']} bins" if m == "binning"
                    else "noise var: median heuristic" if nv == "median" else f"noise var {nv:g}")
-            head = f"{ptitle}: " if ptitle else ""
-            acc = f", acc {d['accuracy'][0]:.2f}->{d['accuracy'][-1]:.2f}" if d.get("accuracy") else ""
-            ax.set_title(f"{head}{m} ({opt}{acc})", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{m}, {opt}\nI(T;Y) [nats]"
+                              + (f"  (bound H(Y) = {d['label_entropy']:.2f})" if y_zoom else ""))
+            if r == 0 and ptitle:
+                ax.set_title(ptitle, fontsize=9)
+            if d.get("accuracy"):
+                ax.text(0.02, 0.97, f"sample acc {d['accuracy'][0]:.2f} -> {d['accuracy'][-1]:.2f}",
+                        transform=ax.transAxes, fontsize=7, va="top")
             ax.legend(handles=handles, fontsize=7, loc="lower right", title="layer (marker)", title_fontsize=7)
-            # the same axes everywhere: 0 to the bounds ln N and H(Y)
-            ax.set_xlim(-0.02 * x_top, x_top)
-            ax.set_ylim(-0.02 * y_top, y_top)
+            ax.set_xlim(*x_lim)
+            ax.set_ylim(*y_lim)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="epoch", fraction=0.03, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -358,3 +385,18 @@ def write_plane(data: dict, out_dir, name: str = "plane") -> dict[str, str]:
     (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     plot_plane(data, out / f"{name}.png")
     return {"json": str(out / f"{name}.json"), "png": str(out / f"{name}.png")}
+
+
+def plane_summary(data: dict) -> dict:
+    """A small digest of a plane dict for report.json: per method and layer, I(X;T) and I(T;Y)
+    at the first and the last recorded epoch, with the bounds."""
+    layers = {}
+    for m, vals in data["methods"].items():
+        for layer in data["layers"]:
+            n = layer["name"]
+            ixt, ity = vals["ixt"][n], vals["ity"][n]
+            if ixt:
+                layers.setdefault(n, {"dim": layer["dim"]})[m] = {
+                    "ixt_first": ixt[0], "ixt_last": ixt[-1], "ity_first": ity[0], "ity_last": ity[-1]}
+    return {"samples": data["samples"], "epochs": data["epochs"][-1] if data["epochs"] else 0,
+            "label_entropy": data["label_entropy"], "ln_samples": data["ln_samples"], "layers": layers}

@@ -7,7 +7,7 @@ network stays retrainable, whether it is pruned after training or at initializat
 
 Algorithm (per call of :func:`mipp_masks`):
 
-1. One forward pass over ``N`` samples (default 400) records every prunable layer's nodes as
+1. One forward pass over ``N`` samples (default 300) records every prunable layer's nodes as
    the *next* layer sees them: the consumer layer's input, spatially averaged per channel for
    convs and per input block (a flattened conv channel) for linears, so batch norm, ReLU and
    pooling are included (a dead ReLU unit is a constant, zero-information node). The
@@ -28,25 +28,32 @@ Algorithm (per call of :func:`mipp_masks`):
       ``collapse`` and its highest-scoring node stays.
 
 3. With ``target_sparsity`` (fraction of conv/linear *weights* removed, or of MACs with
-   ``budget="macs"``) and TERC alone short of it: the kept counts of the TERC pass are scaled
-   by one factor ``rho`` (each layer keeps ``max(min_keep, round(rho * k_l))``; ``rho`` by
-   bisection so the counted weights meet the target), and a second backward pass runs TERC
-   again and then drops further nodes in ascending MI order down to that count ("forced").
-   TERC's own allocation across layers is kept, only scaled. If TERC alone removes more than
-   the target, nothing is put back unless ``fill=True`` (then the TERC-removed nodes with the
-   highest score return, layer by layer from the input side, while the target still holds).
+   ``budget="macs"``) and TERC alone short of it: starting from the TERC pass's counts, nodes
+   are taken one at a time from the layer that saves the most weights per unit of relative
+   width lost (``cost saved / ln(k / (k-1))``, so narrow bottleneck layers shrink last) until
+   the counted weights meet the target; a second backward pass then runs TERC again and drops
+   further nodes in ascending MI order down to those counts ("forced"). Scaling every layer's
+   TERC count by one factor instead cut LeNet-5's first conv to 1 channel at 90 % (see
+   benchmarks/RESULTS_mipp.md). If TERC alone removes more than
+   the target, nothing is put back unless ``fill=True`` (then every layer gets back the same
+   fraction of its TERC-removed nodes, highest score first, as much as the target allows).
 
 Estimator: the matrix-based Renyi functional of :mod:`tinyprune.information.renyi`
 (``alpha = 1.01``), multivariate in both arguments: z-scored columns, one Gaussian Gram of the
-joint vector with the median-heuristic width, ``I = S(A) + S(B) - S(A o B)``. This is exactly
-``renyi_mi(A[:, S], B)`` for N <= 1000 (checked in the tests); here the squared-distance matrix
-of the current set is kept and updated by subtracting one node's term, so a TERC test costs
-two N x N eigendecompositions (about 18 ms each at N=400 on one busy core). A constant node
-contributes nothing to any distance, so removing it leaves the estimate unchanged exactly; a
-duplicated node counts twice in the distances, and removing one copy changes the estimate by
-far less than removing an informative node. KDE (Kolchinsky-Tracey) was not used: with tens
-of dimensions its Silverman width saturates every entropy at ln N (see kde.py), and with the
-median width it has no closed-form joint for a continuous multivariate target cheaper than this.
+joint vector with the median-heuristic width, ``I = S(A) + S(B) - S(A o B)``; B's Gram is built
+once per layer. One change (:class:`RenyiMI`): column i of the set S is scaled by
+``1 / sqrt(sum_{j in S} rho_ij^2)``, so c exact copies of a column weigh as much as one and
+removing a copy leaves the estimate (nearly: < 0.003 nats in the synthetic tests; exactly when
+the copies are uncorrelated with the rest) unchanged, as it leaves Shannon MI. Without it a
+duplicated node counted twice in the distances and removing one copy moved the estimate by up
+to 0.04 nats, several times the margin, so TERC kept both copies in one of six synthetic
+cases. The result is exactly ``renyi_mi(weighted columns, z-scored B, standardize=False)`` and,
+for independent columns (weights ~1), within 0.005 nats of plain ``renyi_mi(A[:, S], B)``
+(both checked in the tests). A constant node is 0 after z-scoring: removing it changes
+nothing. A TERC test costs an N x N x |S| product and two N x N eigendecompositions (about
+7-18 ms each at N=300-400 on one busy core). KDE (Kolchinsky-Tracey) was not used: with tens of
+dimensions its Silverman width saturates every entropy at ln N (see kde.py), and it has no
+cheaper update for one removed column.
 
 Margin: ``margin = k * std`` of ``I(A_l ; A_{l+1})`` over ``subsets`` (default 8) random
 half-size subsets of the samples, computed once per layer and pass; default ``k = 1``. It is
@@ -61,8 +68,11 @@ dependency graph (coupled batch norms, residual partners, concat offsets and fla
 inputs follow). :func:`mipp_prune` = masks + removal (+ re-initialization first with
 ``at_init=True``: the seed's pruning-before-training case; the caller then trains).
 
-Cost: LeNet-5 (226 prunable nodes), N=400: about 2 x 226 + 16 x 4 eigendecompositions per pass,
-roughly 10-20 s per pass on one thread of the busy 2-core machine; two passes with a target.
+Cost: LeNet-5 (226 prunable nodes): about 4 x 226 + 24 x 4 eigendecompositions per pass,
+measured 10 s per pass at N=300 (25-33 s at N=400) on one thread of a busy 2-core machine; a
+target TERC alone does not reach costs a second pass. Time grows linearly with the number of
+nodes and as N^3. Run it with one torch thread on a loaded machine: two threads made the small
+eigendecompositions six times slower there (the caller's thread setting is left alone).
 """
 
 from __future__ import annotations
@@ -79,7 +89,7 @@ import torch.nn as nn
 from tinyprune.errors import ConfigError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-DEFAULT_SAMPLES = 400  # analysis samples (N x N Gram matrices)
+DEFAULT_SAMPLES = 300  # analysis samples (N x N Gram matrices)
 MARGIN_K = 1.0  # margin = MARGIN_K * std of the layer MI over the random subsets
 MARGIN_SUBSETS = 8  # random subsets for the std
 SUBSET_FRACTION = 0.5  # each subset holds this fraction of the samples
@@ -195,7 +205,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[Layer], outputs: lis
         counts = torch.bincount(root_idxs, minlength=layer.width).clamp_min(1).double()
 
         def pre_hook(mod, args, layer=layer, idxs=idxs, root_idxs=root_idxs, counts=counts):
-            units = _per_channel_input(args[0].detach(), mod).double()
+            units = _per_channel_input(args[0].detach(), mod).to("cpu", torch.float64)
             rep = torch.zeros(units.shape[0], layer.width, dtype=torch.float64)
             rep.index_add_(1, root_idxs, units[:, idxs])
             reps[layer.root].append(rep / counts)
@@ -215,7 +225,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[Layer], outputs: lis
                 flat = out.detach()
                 flat = flat.reshape(flat.shape[0], -1, ch).mean(1) if isinstance(mod, nn.Linear) else \
                     flat.reshape(flat.shape[0], ch, -1).mean(-1)
-                outs.setdefault(name, []).append(flat.double())
+                outs.setdefault(name, []).append(flat.to("cpu", torch.float64))
 
         handles.append(m.register_forward_hook(hook))
     was_training = model.training
@@ -251,9 +261,9 @@ class RenyiMI:
     Columns are z-scored and column i of the set S is weighted by ``1 / sum_{j in S} rho_ij^2``
     (rho: the sample correlation) before the joint Gaussian Gram is taken with the
     median-heuristic width (alpha = 1.01); ``B``'s Gram and entropy are computed once. The
-    weights make the estimate invariant to exact duplicates, as Shannon MI is: c copies of a
-    column each get weight 1/c, so they sum to the single column, and removing one copy
-    leaves the Gram unchanged. Without them (plain ``renyi_mi(A[:, S], B)``) a duplicated
+    weights make the estimate (nearly) invariant to exact duplicates, as Shannon MI is: c
+    copies of a column uncorrelated with the others each get weight 1/c, so they sum to the
+    single column, and removing one copy leaves the Gram unchanged. Without them (plain ``renyi_mi(A[:, S], B)``) a duplicated
     column counts twice in the distances, and removing one copy moved the estimate by up to
     0.04 nats on 4 Gaussian sources at N=200-300, several times the resampling margin (the
     removal of an informative source moved it by 0.08-0.25). Independent columns keep
@@ -427,20 +437,33 @@ class CostModel:
 
 
 def _budgets(cost: CostModel, widths: list[int], terc_counts: list[int], target: float, min_keep: int):
-    """Largest rho with cost(max(min_keep, round(rho * k_l))) <= target; returns the counts."""
-    def counts(rho):
-        return [min(k, max(min(min_keep, w), int(round(rho * k)))) for k, w in zip(terc_counts, widths)]
+    """Per-layer counts at or under the target cost, starting from TERC's counts.
 
-    lo, hi = 0.0, 1.0
-    if cost.cost(widths, counts(0.0)) > target:
-        return counts(0.0), False
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if cost.cost(widths, counts(mid)) <= target:
-            lo = mid
-        else:
-            hi = mid
-    return counts(lo), True
+    Greedy: while over the target, take one node from the layer that saves the most cost per
+    unit of relative width lost, ``(cost saved) / ln(k / (k - 1))``. A narrow layer (a
+    bottleneck: LeNet-5's 2-3 first convolutions) loses a large fraction per node for few
+    weights, so it shrinks last; wide, weight-heavy layers give way first. Returns
+    (counts, whether the target was reached before every layer hit ``min_keep``).
+    """
+    counts = list(terc_counts)
+    floors = [min(min_keep, w) for w in widths]
+    current = cost.cost(widths, counts)
+    while current > target:
+        best, best_score, best_cost = None, -1.0, None
+        for li, c in enumerate(counts):
+            if c <= floors[li]:
+                continue
+            counts[li] -= 1
+            trial = cost.cost(widths, counts)
+            counts[li] += 1
+            score = (current - trial) / math.log(c / (c - 1))
+            if score > best_score:
+                best, best_score, best_cost = li, score, trial
+        if best is None:
+            return counts, False
+        counts[best] -= 1
+        current = best_cost
+    return counts, True
 
 
 # --------------------------------------------------------------------------- MIPP
@@ -510,13 +533,21 @@ def mipp_masks(model: nn.Module, x, target_sparsity: float | None = None, *, bud
         raise ConfigError(f"need k >= 0, min_keep >= 1 and samples >= 8 (got {k}, {min_keep}, {samples})")
     t0 = time.perf_counter()
     param = next(model.parameters())
-    data = _samples(x, samples, seed, param.dtype)
-    model = model.eval()
+    data = _samples(x, samples, seed, param.dtype).to(param.device)
+    was_training = model.training
+    try:
+        return _masks(model.eval(), data, target_sparsity, budget, min_keep, fill, t0,
+                      dict(k=k, subsets=subsets, fraction=fraction, reference=reference, min_keep=min_keep, seed=seed))
+    finally:
+        model.train(was_training)
+
+
+def _masks(model, data, target_sparsity, budget, min_keep, fill, t0, opts) -> dict:
+    k, reference = opts["k"], opts["reference"]
     _, layers, outputs = analyse(model, data[:1])
     if not layers:
         raise ConfigError("MIPP found no prunable layer (every conv/linear feeds the output directly)")
     reps, outs, positions = capture(model, data, layers, outputs)
-    opts = dict(k=k, subsets=subsets, fraction=fraction, reference=reference, min_keep=min_keep, seed=seed)
     widths = [layer.width for layer in layers]
     cost = CostModel(model, layers, positions, budget)
     cost0 = cost.cost(widths, widths)
@@ -572,26 +603,33 @@ def mipp_masks(model: nn.Module, x, target_sparsity: float | None = None, *, bud
 
 
 def _fill(cost, layers, widths, res, goal) -> list[int]:
-    """Put TERC-removed nodes back (highest score first, input-side layers first) while cost <= goal."""
-    counts = [len(res[layer.root]["kept"]) for layer in layers]
-    for li in sorted(range(len(layers)), key=lambda j: layers[j].order):
-        r = res[layers[li].root]
-        if "order" not in r:
+    """TERC overshot the target: every layer gets back the same fraction phi of its TERC-removed
+    nodes (highest score first), phi by bisection so the cost stays <= goal."""
+    kept0 = [len(res[layer.root]["kept"]) for layer in layers]
+    gone = [len(res[layer.root]["terc_removed"]) for layer in layers]
+
+    def counts(phi):
+        return [k + int(math.floor(phi * g + 1e-9)) for k, g in zip(kept0, gone)]
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if cost.cost(widths, counts(mid)) <= goal:
+            lo = mid
+        else:
+            hi = mid
+    final = counts(lo)
+    for li, layer in enumerate(layers):
+        r = res[layer.root]
+        extra = final[li] - kept0[li]
+        if extra <= 0:
             continue
-        restored = []
-        for i in reversed(r["order"]):
-            if i not in r["terc_removed"]:
-                continue
-            counts[li] += 1
-            if cost.cost(widths, counts) > goal:
-                counts[li] -= 1
-                break
-            restored.append(i)
-        if restored:
-            r["kept"] = sorted(set(r["kept"]) | set(restored))
-            r["terc_removed"] = sorted(set(r["terc_removed"]) - set(restored))
-            r["restored"] = sorted(restored)
-    return counts
+        removed = set(r["terc_removed"])
+        back = [i for i in reversed(r["order"]) if i in removed][:extra]
+        r["kept"] = sorted(set(r["kept"]) | set(back))
+        r["terc_removed"] = sorted(removed - set(back))
+        r["restored"] = sorted(back)
+    return final
 
 
 def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Module:
@@ -600,8 +638,6 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
     Each layer's removal is one dependency group (coupled layers follow); a group that would
     leave no channel is refused by torch-pruning's check and reported in ``masks["refused"]``.
     """
-    import torch_pruning as tp  # noqa: F401  (the dependency graph comes from analyse)
-
     dg, layers, _ = analyse(model, example)
     modules = dict(model.named_modules())
     refused = []
@@ -648,7 +684,7 @@ def mipp_prune(model: nn.Module, x, y=None, target_sparsity: float | None = None
     w0 = weight_count(work)
     report = mipp_masks(work, x, target_sparsity, seed=seed, **options)
     param = next(work.parameters())
-    example = _samples(x, 8, seed, param.dtype)[:1]
+    example = _samples(x, 8, seed, param.dtype)[:1].to(param.device)
     apply_kept(work, report, example)
     w1 = weight_count(work)
     report.update(weights_before=w0, weights_after=w1, weight_sparsity=1.0 - w1 / w0, at_init=at_init)
@@ -657,11 +693,15 @@ def mipp_prune(model: nn.Module, x, y=None, target_sparsity: float | None = None
 
 def mipp_pre_step(model: nn.Module, x, y, retrain=None, macs_sparsity: float | None = None,
                   **options) -> tuple[nn.Module, dict]:
-    """Hook for ``prune_to_macs``: MIPP toward a MAC target before the channel loop.
+    """Hook for ``prune_to_macs``: MIPP toward a MAC target, before the channel loop.
 
-    Returns (pruned model, records) where ``records["kept"]`` maps each pruned conv/linear to
-    the original indices of its remaining output channels. ``retrain`` is not used.
+    MACs are counted as ``count_torch`` counts them (conv/linear only), so the loop after it
+    normally has nothing left to do. ``fill`` defaults to True here: where TERC alone removes
+    more than ``--sparsity`` asks, the highest-scoring TERC-removed nodes come back, so the
+    flag means the same for every criterion. Returns (pruned model, report) where
+    ``report["kept"]`` maps each pruned conv/linear to the original indices of its remaining
+    output channels. ``retrain`` is not used (one stage, no fine-tune in between).
     """
     options.setdefault("budget", "macs")
-    pruned, report = mipp_prune(model, x, y, target_sparsity=macs_sparsity, **options)
-    return pruned, report
+    options.setdefault("fill", True)
+    return mipp_prune(model, x, y, target_sparsity=macs_sparsity, **options)

@@ -15,9 +15,9 @@ prior's variance. Conventions against the paper and code, so settings translate:
 
 * ``gamma_i = gamma * layer_gamma[i]`` (``layer_gamma`` default: 1 for every layer). The
   authors' code adds ``kl_fac * 0.5 * kl_mult_i * log(1+alpha)`` summed over every *position* of a
-  conv map, and the paper multiplies the CE by the number of layers L; here the KL of a
-  channel counts once (a channel is one unit that is kept or removed) and the CE is not
-  scaled, so ``gamma = 0.5 * kl_fac * kl_mult_i * (H*W)`` of theirs.
+  conv map (and the paper's objective, as we read it, weights the CE by the number of layers
+  L); here the KL of a channel counts once (a channel is one unit, kept or removed) and the CE
+  is not scaled, so ``gamma = 0.5 * kl_fac * kl_mult_i * (H*W)`` of their code's settings.
 * The code's ``logalpha`` is ``log(sigma^2/mu^2)`` and it keeps units with ``logalpha <
   mask_thresh`` (default 0). Here ``log_alpha = log(mu^2/sigma^2)`` and a unit is removed when
   ``log_alpha < threshold`` (default 0: alpha < 1, the signal-to-noise ratio of the gate below
@@ -79,10 +79,14 @@ def _quiet(done: int, total: int, message: str) -> None:
 
 @dataclass(frozen=True)
 class VibConfig:
-    gamma: float = 2e-3  # KL weight per unit and sample (see the module doc for the paper's scale)
+    # KL weight per unit and sample (module doc: the paper's scale). 5e-4 took LeNet-300-100 on
+    # MNIST to about the paper's widths (benchmarks/RESULTS_vib.md); larger removes more.
+    gamma: float = 5e-4
     epochs: int = 10  # VIB training epochs (network weights and gates trained together)
     lr: float = 1e-3  # Adam learning rate of the network weights, cosine-annealed over the epochs
-    gate_lr: float = 1e-2  # Adam learning rate of mu and log sigma^2 (the authors' code has ib_lr too)
+    # Adam learning rate of mu and log sigma^2 (the authors' code has an ib_lr too); None: auto,
+    # max(1e-2, 20 / training steps), so a gate can travel from -9 past 0 on a small dataset too
+    gate_lr: float | None = None
     threshold: float = 0.0  # remove units with log(mu^2 / sigma^2) below this (paper: 0)
     batch_size: int = 100
     init_log_sigma2: float = -9.0  # authors' code: init_mag = 9
@@ -95,7 +99,7 @@ class VibConfig:
             raise ConfigError(f"--vib-gamma must be a number >= 0, got {self.gamma!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError(f"--vib-epochs must be an integer >= 0, got {self.epochs!r}")
-        if not self.lr > 0 or not self.gate_lr > 0 or self.batch_size < 1:
+        if not self.lr > 0 or not (self.gate_lr is None or self.gate_lr > 0) or self.batch_size < 1:
             raise ConfigError("VIB learning rate must be > 0 and batch size >= 1")
         if not math.isfinite(self.threshold) or not math.isfinite(self.init_log_sigma2):
             raise ConfigError("VIB threshold and initial log sigma^2 must be finite numbers")
@@ -117,7 +121,7 @@ class Gate(nn.Module):
         self.threshold = float(threshold)
 
     def log_alpha(self) -> torch.Tensor:
-        """log(mu^2 / sigma^2) per unit (the paper's alpha; the authors' code stores its negative)."""
+        """log(mu^2 / sigma^2) per unit (the authors' code's ``get_logalpha`` is its negative)."""
         return torch.log(self.mu.pow(2) + _EPS) - self.log_sigma2
 
     def kl(self) -> torch.Tensor:
@@ -380,12 +384,13 @@ def kl_total(model: nn.Module, layer_gamma: Sequence[float] | None = None) -> to
 def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma: float, lr: float = 1e-3,
               batch_size: int = 100, seed: int = 0, progress: Progress = _quiet, classes: int | None = None,
               layer_gamma: Sequence[float] | None = None, gate_inputs: bool = False,
-              init_log_sigma2: float = -9.0, threshold: float = 0.0, gate_lr: float = 1e-2) -> nn.Module:
+              init_log_sigma2: float = -9.0, threshold: float = 0.0, gate_lr: float | None = None) -> nn.Module:
     """Train ``model`` with loss CE + gamma * sum_i layer_gamma_i * KL_i (Adam, cosine schedule).
 
     The gates get their own learning rate ``gate_lr``: Adam moves a parameter by about its
     learning rate per step whatever gamma is, and log sigma^2 starts at -9, so at the network's
-    rate (1e-3) a unit needs ~9000 steps before its gate can close.
+    rate (1e-3) a unit needs ~9000 steps before its gate can close. ``gate_lr=None``:
+    ``max(1e-2, 20 / steps)`` for the run's number of steps (1e-2 from 2000 steps on).
 
     Gates are inserted first if the model has none (in place). Returns the gated model in eval
     mode; ``model.vib_gates.history`` holds per epoch the mean CE, the unweighted KL sum and
@@ -409,11 +414,14 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
         snapshot(0, None)
     if epochs == 0:
         return model.eval()
+    steps = (len(x) + batch_size - 1) // batch_size
+    if gate_lr is None:
+        gate_lr = max(1e-2, 20.0 / (steps * epochs))
+    registry.gate_lr = gate_lr
     opt = torch.optim.Adam([{"params": list(model.parameters()), "lr": lr},
                             {"params": list(registry.parameters()), "lr": gate_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()
-    steps = (len(x) + batch_size - 1) // batch_size
     done = 0
     start = registry.history[-1]["epoch"]
     for epoch in range(epochs):
@@ -592,6 +600,7 @@ def vib_prune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, cfg: V
               layer_gamma=cfg.layer_gamma, gate_lr=cfg.gate_lr)
     stats = gate_stats(model)
     history = list(gates_of(model).history)
+    gate_lr = getattr(gates_of(model), "gate_lr", cfg.gate_lr)
     xc = torch.from_numpy(x_check if x_check is not None else x_train[:256])
     reference = _outputs(model, xc)
     remove_gates(model)
@@ -619,7 +628,8 @@ def vib_prune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, cfg: V
             inputs = {"layer": name.split(":")[0], "inputs": int(la.size), "inputs_used": int(s["mask"].sum()),
                       "log_alpha": {"min": float(la.min()), "median": float(np.median(la)), "max": float(la.max())}}
     report = {
-        "method": "vib", "config": cfg.to_dict(), "layers": layers, "inputs": inputs, "history": history,
+        "method": "vib", "config": cfg.to_dict(), "gate_lr": gate_lr, "layers": layers, "inputs": inputs,
+        "history": history,
         "kept": kept, "log_alpha": {n: v.tolist() for n, v in scores.items()},
         "max_abs_diff": diff, "macs_before": macs0, "macs_after": macs1, "params_before": params0,
         "params_after": params1,
