@@ -122,19 +122,37 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     x_info, y_info = analysis_set(splits)
     pruned = prune_to_macs(model, cfg.prune, x_info, y_info, splits.classes,
                            retrain=lambda m: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress,
-                                                 "MSPIC stage fine-tune"))
+                                                 "MSPIC stage fine-tune"),
+                           train=(splits.x_train, splits.y_train), progress=progress)
     layers = _layer_records(model, pruned, x_info, y_info, cfg.prune.criterion)
     records.append(StageRecord("pruned", pruned.params_after, pruned.macs_after,
                                accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                                details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
                                         "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
-                                        "skip_unit_stages": pruned.units}))
+                                        "skip_unit_stages": pruned.units,
+                                        # vib: gates per layer, CE/KL history, |pruned - gated| check
+                                        **({"prepared": {k: v for k, v in pruned.prepared.items()
+                                                         if k not in ("log_alpha", "kept")}}
+                                           if pruned.prepared else {})}))
 
     t = time.perf_counter()
-    tuned = fit(pruned.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress)
+    plane = None
+    if cfg.plane:
+        from tinyprune.information.plane import plane_summary, record_during_finetune, write_plane
+
+        x_plane, y_plane = plane_set(splits)
+        # one fit call with a per-epoch callback: the same training as without --plane
+        tuned, plane = record_during_finetune(pruned.model, splits.x_train, splits.y_train, x_plane, y_plane,
+                                              cfg.finetune.epochs, lr=cfg.finetune.lr,
+                                              batch_size=cfg.finetune.batch_size, seed=cfg.seed, progress=progress)
+        write_plane(plane, tmp)
+    else:
+        tuned = fit(pruned.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress)
     records.append(StageRecord("finetuned", pruned.params_after, pruned.macs_after,
                                accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                                details={"epochs": cfg.finetune.epochs,
+                                        **({"plane": {"json": "plane.json", "png": "plane.png",
+                                                      **plane_summary(plane)}} if plane else {}),
                                         "measure": measure_stage(tuned, target, example=example,
                                                                  repeats=TIMING_REPEATS)}))
 
@@ -194,7 +212,8 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     if deep is not None:
         records.append(_lut_stage(int8_bytes, xq[:n_check], splits.y_eval[:n_check], tflm_pred, cfg, tmp, target))
 
-    artifacts = ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep is not None else ())
+    artifacts = ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep is not None else ()) + \
+        (("plane.json", "plane.png") if plane else ())
     report = Report(
         tool_version=__version__,
         model={"path": str(source.path), "format": loaded.format, "input_shape": [1, *splits.sample_shape],
@@ -250,6 +269,44 @@ def analysis_set(splits) -> tuple[np.ndarray, np.ndarray]:
     """Training samples the criteria and MI analysis look at (never the held-out part)."""
     n = min(ANALYSIS_SAMPLES, len(splits.x_train))
     return splits.x_train[:n], splits.y_train[:n]
+
+
+PLANE_SAMPLES = 1000  # the fixed sample the information plane is measured on (KDE cost grows as N^2)
+
+
+def plane_set(splits) -> tuple[np.ndarray, np.ndarray]:
+    """Training samples the information plane is measured on."""
+    n = min(PLANE_SAMPLES, len(splits.x_train))
+    return splits.x_train[:n], splits.y_train[:n]
+
+
+def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_dir: Path | None, epochs: int,
+          methods: tuple[str, ...] = ("binning", "kde"), bins: int = 30, noise_var: float | str = 0.1,
+          builtin_data: bool = False, progress: Progress = _quiet) -> dict:
+    """Train the model for ``epochs`` epochs (cfg.finetune's lr and batch size) while recording
+    I(X;T) and I(T;Y) per layer per epoch; writes plane.json and plane.png to ``out_dir``."""
+    from tinyprune.information.plane import record_during_finetune, write_plane
+
+    t = time.perf_counter()
+    loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
+    x, y = plane_set(splits)
+    _, data = record_during_finetune(model, splits.x_train, splits.y_train, x, y, epochs, methods=methods,
+                                     bins=bins, noise_var=noise_var, lr=cfg.finetune.lr,
+                                     batch_size=cfg.finetune.batch_size, seed=cfg.seed, progress=progress,
+                                     label="train")
+    data = {**data, "tool_version": __version__, "model": str(source.path), "format": loaded.format,
+            "seconds": time.perf_counter() - t}
+    out = Path(out_dir) if out_dir else Path("tinyprune-out") / f"{source.path.stem}-plane"
+    tmp = _prepare_out_dir(out)
+    try:
+        write_plane(data, tmp)
+        (tmp / "report.json").write_text(json.dumps({"kind": "plane", "plane": "plane.json"}) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    data["out"] = str(out)
+    return data
 
 
 def _layer_records(model, pruned, x, y, criterion: str) -> list[dict]:

@@ -53,6 +53,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default=None,
                    help="shared-weight index bits: one number or per kind, e.g. conv=8,fc=5 (compress default, "
                         "as in the paper; the demo uses 4 so that its LUT model shrinks)")
+    p.add_argument("--vib-gamma", type=float, default=5e-4,
+                   help="--criterion vib: KL weight per unit (default 5e-4; larger removes more)")
+    p.add_argument("--vib-epochs", type=int, default=10, help="--criterion vib: VIB training epochs (default 10)")
+    p.add_argument("--vib-threshold", type=float, default=0.0,
+                   help="--criterion vib: remove units with log(mu^2/sigma^2) below this (default 0, the paper's)")
+    p.add_argument("--plane", action="store_true",
+                   help="record the information plane during fine-tuning (plane.json, plane.png)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")
 
@@ -93,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--seed", type=int, default=0)
     ana.add_argument("--json", action="store_true", help="print mi.json on stdout")
 
+    pl = sub.add_parser("plane", help="train the model N epochs recording I(X;T), I(T;Y) per layer; "
+                                      "writes plane.json and plane.png", epilog=EPILOG)
+    pl.add_argument("model", type=Path, help="the model file (same formats as compress)")
+    pl.add_argument("--data", type=Path, required=True, help=".npz with x,y (as for compress)")
+    pl.add_argument("--epochs", type=int, default=5, help="training epochs (default 5; epoch 0 is before training)")
+    pl.add_argument("--out", type=Path, help="output folder (default tinyprune-out/<stem>-plane)")
+    pl.add_argument("--method", default="binning,kde", help="binning, kde or binning,kde (default both)")
+    pl.add_argument("--bins", type=int, default=30, help="bins per coordinate for binning (default 30)")
+    pl.add_argument("--noise-var", default="0.1", help="KDE noise variance, or 'median' (default 0.1)")
+    pl.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    pl.add_argument("--arch", help="package.module:factory, for a state_dict file")
+    pl.add_argument("--trust-pickle", action="store_true", help="as for compress (RUNS THE FILE'S CODE)")
+    pl.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--json", action="store_true", help="print plane.json on stdout")
+
     unpack = sub.add_parser("unpack", help="decode a model.tpz archive back to the exact weights (weights.npz)",
                             epilog=EPILOG)
     unpack.add_argument("archive", type=Path, help="a .tpz file written by compress")
@@ -124,8 +147,10 @@ def _config(args):
         target=args.target,
         seed=args.seed,
         data=DataConfig(layout=getattr(args, "layout", "auto")),
-        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity),
+        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, vib_gamma=args.vib_gamma,
+                          vib_epochs=args.vib_epochs, vib_threshold=args.vib_threshold),
         finetune=FinetuneConfig(epochs=epochs),
+        plane=args.plane,
     )
 
 
@@ -214,6 +239,30 @@ def _print_mi(result: dict) -> None:
     console.print(f"mi.json and mi.png in {result['out']} ({result['seconds']:.1f} s)")
 
 
+def _print_plane(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"information plane, nats (ln N = {result['ln_samples']:.2f}, H(Y) = "
+                    f"{result['label_entropy']:.2f}, N = {result['samples']})")
+    cols = ["layer", "dim"]
+    for m in result["methods"]:
+        cols += [f"{m} I(X;T)", f"{m} I(T;Y)"]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "layer" else "right")
+    for layer in result["layers"]:
+        n = layer["name"]
+        row = [n, str(layer["dim"])]
+        for v in result["methods"].values():
+            row += [f"{v['ixt'][n][0]:.2f} -> {v['ixt'][n][-1]:.2f}", f"{v['ity'][n][0]:.2f} -> {v['ity'][n][-1]:.2f}"]
+        t.add_row(*row)
+    console = Console()
+    console.print(t)
+    console.print(f"epochs 0..{result['epochs'][-1] if result['epochs'] else 0}, sample accuracy "
+                  f"{result['accuracy'][0]:.2%} -> {result['accuracy'][-1]:.2%}; plane.json and plane.png in "
+                  f"{result['out']} ({result['seconds']:.1f} s)")
+
+
 def _run(args) -> int:
     if args.command in ("measure", "check"):
         from tinyprune import cli_measure
@@ -246,6 +295,27 @@ def _run(args) -> int:
 
     if args.command == "unpack":
         return _unpack(args)
+
+    if args.command == "plane":
+        from tinyprune.config import CompressConfig, DataConfig, FinetuneConfig
+
+        if args.epochs < 0:
+            raise ConfigError(f"--epochs must be >= 0, got {args.epochs}")
+        methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
+        noise = args.noise_var
+        if noise != "median":
+            try:
+                noise = float(noise)
+            except ValueError:
+                raise ConfigError(f"--noise-var must be a number or 'median', got {noise!r}") from None
+        cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout), finetune=FinetuneConfig(lr=args.lr))
+        source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+        result = api.plane(source, cfg, args.data, args.out, args.epochs, methods, args.bins, noise)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print_plane(result)
+        return 0
 
     if args.command == "analyze":
         from tinyprune.config import CompressConfig, DataConfig

@@ -28,10 +28,19 @@ class PruneConfig:
     criterion: str = "l1"
     sparsity: float = 0.5  # fraction of MACs removed
     max_steps: int = 40  # at least this many steps (about 1 % of the channels each) to the MAC target
+    # --criterion vib (tinyprune.prune.vib): KL weight per unit, VIB training epochs, and the
+    # log(mu^2/sigma^2) below which a unit is removed (Dai et al. 2018: 0)
+    vib_gamma: float = 5e-4
+    vib_epochs: int = 10
+    vib_threshold: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if not self.vib_gamma >= 0:
+            raise ConfigError(f"--vib-gamma must be >= 0, got {self.vib_gamma}")
+        if self.vib_epochs < 0:
+            raise ConfigError(f"--vib-epochs must be >= 0, got {self.vib_epochs}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class CompressConfig:
     # tinyprune.deepcompress.stage.DeepCompressConfig, or None to skip the stage. Kept untyped
     # here so that reading a config does not import torch.
     deepcompress: object | None = None
+    plane: bool = False  # record the information plane during fine-tuning (plane.json, plane.png)
 
     def to_dict(self) -> dict:
         d = asdict(self)

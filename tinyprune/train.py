@@ -19,8 +19,12 @@ def _quiet(done: int, total: int, message: str) -> None:
 
 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, seed: int,
-        progress: Progress = _quiet, label: str = "fine-tune") -> nn.Module:
-    """Train in place with Adam + cross-entropy for ``cfg.epochs`` epochs; returns the model."""
+        progress: Progress = _quiet, label: str = "fine-tune",
+        on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+    """Train in place with Adam + cross-entropy for ``cfg.epochs`` epochs; returns the model.
+
+    ``on_epoch(epoch, model)`` is called after each epoch (1-based), e.g. to record the
+    information plane; it must leave the model's weights alone."""
     if cfg.epochs == 0:
         return model
     gen = torch.Generator().manual_seed(seed)
@@ -45,6 +49,8 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, see
             done += 1
             progress(done, total, f"{label} epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
         sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     return model.eval()
 
 

@@ -23,6 +23,10 @@ class Criterion:
     make: Callable[[nn.Module, np.ndarray, np.ndarray], object]
     global_ranking: bool  # one ranking across layers (layers lose different fractions) or per layer
     skip_units: bool = False  # first remove whole residual/concat units (MSPIC), then channels
+    # prepare(model, prune_cfg, x_train, y_train, classes, progress) -> (model, kept, info): runs once
+    # before the MAC loop on the training data (VIBNet: train gates, remove closed units, fold).
+    # make then receives info as a fourth argument.
+    prepare: Callable | None = None
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -65,9 +69,24 @@ def _mi(model, x, y):
     return MIImportance(model, x, y)
 
 
+def _vib(model, x, y, prepared=None):
+    from tinyprune.prune.vib import VibImportance
+
+    return VibImportance(model, prepared["log_alpha"] if prepared else {})
+
+
+def _vib_prepare(model, cfg, x, y, classes, progress=None):
+    from tinyprune.prune.vib import prepare_vib
+
+    return prepare_vib(model, cfg, x, y, classes, progress)
+
+
 register(Criterion("mi", "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking",
                    _mi, True))
 register(Criterion("mspic", "MSPIC: remove residual/concat units by MI clustering, then mi channels to the target",
                    _mi, True, skip_units=True))
+register(Criterion("vib", "VIBNet (Dai et al. 2018): train information-bottleneck gates (--vib-gamma, --vib-epochs), "
+                          "remove units with log alpha < --vib-threshold, fold the gates; then lowest log alpha",
+                   _vib, True, prepare=_vib_prepare))
 register(Criterion("l1", "L1 norm of each filter (Li et al. 2016), same ratio in every layer", _l1, False))
 register(Criterion("random", "uniformly random channels, same ratio in every layer (baseline)", _random, False))

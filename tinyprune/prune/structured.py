@@ -31,6 +31,7 @@ class PruneResult:
     steps: int
     kept: dict[str, list[int]]  # per layer: original indices of the output channels that remain
     units: list[dict] = field(default_factory=list)  # MSPIC stage records (skip-unit criteria only)
+    prepared: dict | None = None  # what a criterion's prepare step reported (vib: gates, history)
 
 
 def _output_layers(model: nn.Module, classes: int) -> list[nn.Module]:
@@ -48,10 +49,13 @@ def _widths(model: nn.Module) -> dict[str, int]:
 
 
 def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_calib: np.ndarray,
-                  classes: int, retrain=None) -> PruneResult:
+                  classes: int, retrain=None, train: tuple[np.ndarray, np.ndarray] | None = None,
+                  progress=None) -> PruneResult:
     """Return a pruned copy of ``model`` with at most (1 - sparsity) of its MACs.
 
     ``retrain(model) -> model`` fine-tunes between MSPIC stages (skip-unit criteria only).
+    ``train``: (x, y) for a criterion's prepare step (vib trains on it; default the calibration
+    data). A prepare step may remove more than ``sparsity`` asks: the target is a floor.
     """
     import torch_pruning as tp
 
@@ -60,17 +64,29 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     macs0, params0 = count_torch(model, example)
     before = _widths(model)
     units: list[dict] = []
-    if cfg.sparsity > 0 and get_criterion(cfg.criterion).skip_units:
+    criterion = get_criterion(cfg.criterion)
+    prepared, kept_prepared = None, {}
+    if criterion.prepare is not None:
+        x_train, y_train = train if train is not None else (x_calib, y_calib)
+        model, kept_prepared, prepared = criterion.prepare(model, cfg, x_train, y_train, classes, progress)
+        model.eval()
+    if cfg.sparsity > 0 and criterion.skip_units:
         from tinyprune.prune.skip_units import mspic
 
         model, units = mspic(model, x_calib, y_calib, retrain=retrain)
         model.eval()
     kept = {name: list(range(width)) for name, width in before.items() if name in _widths(model)}
+    kept.update({k: list(v) for k, v in kept_prepared.items() if k in kept})
     if cfg.sparsity == 0:
-        return PruneResult(model, macs0, macs0, params0, params0,
-                           [{"name": k, "channels_before": v, "channels_after": v} for k, v in before.items()], 0, kept)
-    criterion = get_criterion(cfg.criterion)
-    importance = criterion.make(model, x_calib, y_calib)
+        macs1, params1 = count_torch(model, example)
+        now = _widths(model)
+        return PruneResult(model, macs0, macs1, params0, params1,
+                           [{"name": k, "channels_before": v, "channels_after": now.get(k, 0)} for k, v in before.items()],
+                           0, kept, units, prepared)
+    if criterion.prepare is not None:
+        importance = criterion.make(model, x_calib, y_calib, prepared)
+    else:
+        importance = criterion.make(model, x_calib, y_calib)
     if hasattr(importance, "kept"):
         importance.kept = kept  # lets measured scores follow the channels between measurements
     target = (1.0 - cfg.sparsity) * macs0
@@ -120,4 +136,4 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     macs1, params1 = count_torch(model, example)
     after = _widths(model)
     layers = [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
-    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept, units)
+    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept, units, prepared)

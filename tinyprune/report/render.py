@@ -115,6 +115,20 @@ def to_markdown(report: Report) -> str:
         for t in lut["tensors"]:
             lines.append(f"| {t['name']} | {', '.join(t['ops'])} | {t['shape']} | {t['distinct_max']} | {t['bits']} | "
                          f"{'yes' if t['compressed'] else 'no'} | {t['reason'] or ''} |")
+    tuned = next((s for s in r.stages if s.name == "finetuned"), None)
+    plane = tuned.details.get("plane") if tuned is not None else None
+    if plane:
+        lines += ["", "## Information plane (fine-tuning of the pruned model)", "",
+                  f"I(X;T) and I(T;Y) in nats per layer, epoch 0 -> {plane['epochs']}, on {plane['samples']} training "
+                  f"samples (bounds: ln N = {plane['ln_samples']:.2f}, H(Y) = {plane['label_entropy']:.2f}); "
+                  f"all epochs in `{plane['json']}`. A value at ln N and H(Y) means the estimator tells "
+                  "every sample apart (usual for layers of more than a few units), not that nothing changed.", "", f"![information plane]({plane['png']})", "",
+                  "| layer | dim | method | I(X;T) | I(T;Y) |", "|---|---|---|---|---|"]
+        for name, v in plane["layers"].items():
+            for m, d in v.items():
+                if m != "dim":
+                    lines.append(f"| {name} | {v['dim']} | {m} | {d['ixt_first']:.2f} -> {d['ixt_last']:.2f} | "
+                                 f"{d['ity_first']:.2f} -> {d['ity_last']:.2f} |")
     if r.layers:
         lines += ["", "## Layers", "", "| layer | channels before | channels after |", "|---|---|---|"]
         lines += [f"| {l['name']} | {l['channels_before']} | {l['channels_after']} |" for l in r.layers]
