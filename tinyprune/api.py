@@ -120,16 +120,22 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
 
     t = time.perf_counter()
     x_info, y_info = analysis_set(splits)
-    pruned = prune_to_macs(model, cfg.prune, x_info, y_info, splits.classes,
+    source_model = model
+    if cfg.prune.at_init:
+        from tinyprune.prune.mipp import reinitialize
+
+        source_model = reinitialize(model, cfg.seed)
+    pruned = prune_to_macs(source_model, cfg.prune, x_info, y_info, splits.classes,
                            retrain=lambda m: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress,
                                                  "MSPIC stage fine-tune"),
                            train=(splits.x_train, splits.y_train), progress=progress)
-    layers = _layer_records(model, pruned, x_info, y_info, cfg.prune.criterion)
+    layers = _layer_records(source_model, pruned, x_info, y_info, cfg.prune.criterion)
     records.append(StageRecord("pruned", pruned.params_after, pruned.macs_after,
                                accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                                details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
                                         "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
-                                        "skip_unit_stages": pruned.units,
+                                        "skip_unit_stages": pruned.units, "at_init": cfg.prune.at_init,
+                                        "mipp": _mipp_summary(pruned.pre_step),
                                         # vib: gates per layer, CE/KL history, |pruned - gated| check
                                         **({"prepared": {k: v for k, v in pruned.prepared.items()
                                                          if k not in ("log_alpha", "kept")}}
@@ -263,6 +269,15 @@ def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred:
 
 
 ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2
+
+
+def _mipp_summary(report: dict | None) -> dict | None:
+    if report is None:
+        return None
+    keys = ("terc_removed", "forced", "collapsed", "passes", "sparsity", "samples", "margin_k", "reference", "seconds")
+    layers = {name: {"kept": e["n_kept"], "total": e["total"], "terc_removed": len(e["terc_removed"]),
+                     "forced": len(e["forced"]), "collapse": e["collapse"]} for name, e in report["layers"].items()}
+    return {**{k: report[k] for k in keys}, "layers": layers}
 
 
 def analysis_set(splits) -> tuple[np.ndarray, np.ndarray]:

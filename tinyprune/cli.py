@@ -45,6 +45,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=_sparsity, default=0.5, help="fraction of MACs to remove (default 0.5)")
     p.add_argument("--criterion", default="l1", help="channel importance criterion (default l1; see `tinyprune criteria`)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs after pruning")
+    p.add_argument("--at-init", action="store_true",
+                   help="prune a freshly re-initialized copy of the model with the data (pruning before training), "
+                        "then train it for --finetune-epochs")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, pruning and training (default 0)")
     p.add_argument("--no-deepcompress", action="store_true",
                    help="skip Deep Compression (weight pruning, k-means weight sharing, Huffman archive, TFLM LUT model)")
@@ -148,7 +151,7 @@ def _config(args):
         seed=args.seed,
         data=DataConfig(layout=getattr(args, "layout", "auto")),
         prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, vib_gamma=args.vib_gamma,
-                          vib_epochs=args.vib_epochs, vib_threshold=args.vib_threshold),
+                          vib_epochs=args.vib_epochs, vib_threshold=args.vib_threshold, at_init=args.at_init),
         finetune=FinetuneConfig(epochs=epochs),
         plane=args.plane,
     )

@@ -33,6 +33,7 @@ class PruneConfig:
     vib_gamma: float = 5e-4
     vib_epochs: int = 10
     vib_threshold: float = 0.0
+    at_init: bool = False  # prune a freshly re-initialized copy (pruning before training), then train it
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:

@@ -27,6 +27,9 @@ class Criterion:
     # before the MAC loop on the training data (VIBNet: train gates, remove closed units, fold).
     # make then receives info as a fourth argument.
     prepare: Callable | None = None
+    # pre_step(model, x, y, retrain=, macs_sparsity=) -> (model, report with "kept"): prunes
+    # before the channel loop (MIPP); the loop then goes on with ``make`` if MACs remain
+    pre_step: Callable | None = None
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -81,6 +84,12 @@ def _vib_prepare(model, cfg, x, y, classes, progress=None):
     return prepare_vib(model, cfg, x, y, classes, progress)
 
 
+def _mipp_pre_step(model, x, y, retrain=None, macs_sparsity=None):
+    from tinyprune.prune.mipp import mipp_pre_step
+
+    return mipp_pre_step(model, x, y, retrain=retrain, macs_sparsity=macs_sparsity)
+
+
 register(Criterion("mi", "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking",
                    _mi, True))
 register(Criterion("mspic", "MSPIC: remove residual/concat units by MI clustering, then mi channels to the target",
@@ -88,5 +97,7 @@ register(Criterion("mspic", "MSPIC: remove residual/concat units by MI clusterin
 register(Criterion("vib", "VIBNet (Dai et al. 2018): train information-bottleneck gates (--vib-gamma, --vib-epochs), "
                           "remove units with log alpha < --vib-threshold, fold the gates; then lowest log alpha",
                    _vib, True, prepare=_vib_prepare))
+register(Criterion("mipp", "MIPP (Westphal et al.): keep the nodes that preserve I(layer; next layer), TERC from "
+                           "the output back; mi channels after it if MACs remain", _mi, True, pre_step=_mipp_pre_step))
 register(Criterion("l1", "L1 norm of each filter (Li et al. 2016), same ratio in every layer", _l1, False))
 register(Criterion("random", "uniformly random channels, same ratio in every layer (baseline)", _random, False))

@@ -32,6 +32,7 @@ class PruneResult:
     kept: dict[str, list[int]]  # per layer: original indices of the output channels that remain
     units: list[dict] = field(default_factory=list)  # MSPIC stage records (skip-unit criteria only)
     prepared: dict | None = None  # what a criterion's prepare step reported (vib: gates, history)
+    pre_step: dict | None = None  # the pre-step's report (MIPP)
 
 
 def _output_layers(model: nn.Module, classes: int) -> list[nn.Module]:
@@ -75,7 +76,12 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
 
         model, units = mspic(model, x_calib, y_calib, retrain=retrain)
         model.eval()
-    kept = {name: list(range(width)) for name, width in before.items() if name in _widths(model)}
+    pre_report, pre_kept = None, {}
+    if cfg.sparsity > 0 and criterion.pre_step is not None:
+        model, pre_report = criterion.pre_step(model, x_calib, y_calib, retrain=retrain, macs_sparsity=cfg.sparsity)
+        model.eval()
+        pre_kept = pre_report["kept"]
+    kept = {name: list(pre_kept.get(name, range(width))) for name, width in before.items() if name in _widths(model)}
     kept.update({k: list(v) for k, v in kept_prepared.items() if k in kept})
     if cfg.sparsity == 0:
         macs1, params1 = count_torch(model, example)
@@ -136,4 +142,4 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     macs1, params1 = count_torch(model, example)
     after = _widths(model)
     layers = [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
-    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept, units, prepared)
+    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept, units, prepared, pre_report)
