@@ -68,7 +68,8 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert abs(int8["macs"] - tuned["macs"]) <= 0.01 * tuned["macs"]
     assert int8["flash_bytes"] == (out / "model_int8.tflite").stat().st_size
     assert 0 < int8["arena_bytes"] < 256 * 1024
-    assert int8["accuracy"] >= tuned["accuracy"] - 0.03
+    exported = stages["huffman"] if deep else tuned  # the float model the int8 one was made from
+    assert int8["accuracy"] >= exported["accuracy"] - 0.03
     assert int8["details"]["tflm"]["agreement_with_litert"] >= 0.97
     assert int8["details"]["onnx_max_abs_diff"] < 1e-3
     cc = (out / "model_data.cc").read_text()
