@@ -8,6 +8,7 @@ so a failed run leaves no half-written output and never touches an earlier resul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -60,18 +61,25 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_output(out: Path):
+    """Yield a temp folder beside ``out``; it replaces ``out`` only if the block succeeds."""
+    tmp = _prepare_out_dir(out)
+    try:
+        yield tmp
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def compress(source: ModelSource, cfg: CompressConfig, *, data_path: Path | None = None,
              out_dir: Path | None = None, progress: Progress = _quiet, builtin_data: bool = False) -> Report:
     """Run the whole pipeline; return the report (also written to ``out_dir``)."""
     target = targets.load(cfg.target)  # fail on a bad target before any slow work
     out = Path(out_dir) if out_dir else default_out_dir(source.path)
-    tmp = _prepare_out_dir(out)
-    try:
+    with staged_output(out) as tmp:
         report = _run(source, cfg, target, data_path, builtin_data, tmp, out, progress)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -312,14 +320,9 @@ def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_
     data = {**data, "tool_version": __version__, "model": str(source.path), "format": loaded.format,
             "seconds": time.perf_counter() - t}
     out = Path(out_dir) if out_dir else Path("tinyprune-out") / f"{source.path.stem}-plane"
-    tmp = _prepare_out_dir(out)
-    try:
+    with staged_output(out) as tmp:
         write_plane(data, tmp)
         (tmp / "report.json").write_text(json.dumps({"kind": "plane", "plane": "plane.json"}) + "\n")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     data["out"] = str(out)
     return data
 
@@ -375,15 +378,10 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
         "seconds": time.perf_counter() - t, "layers": layers,
     }
     out = Path(out_dir) if out_dir else Path("tinyprune-out") / f"{source.path.stem}-mi"
-    tmp = _prepare_out_dir(out)
-    try:
+    with staged_output(out) as tmp:
         (tmp / "mi.json").write_text(json.dumps(result, indent=2) + "\n")
         plot_channel_mi(layers, result["label_entropy"], tmp / "mi.png")
         (tmp / "report.json").write_text(json.dumps({"kind": "analyze", "mi": "mi.json"}) + "\n")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result["out"] = str(out)
     return result
 

@@ -352,10 +352,10 @@ def _run(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def guarded(run, args) -> int:
+    """Run a command; every error becomes one line on stderr and its documented exit code."""
     try:
-        return _run(args)
+        return run(args)
     except TinypruneError as exc:
         print(f"tinyprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -369,3 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinyprune: internal error: {type(exc).__name__}: {detail} "
               "(set TINYPRUNE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
         return INTERNAL_ERROR_EXIT
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded(_run, build_parser().parse_args(argv))

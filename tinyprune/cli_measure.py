@@ -249,27 +249,12 @@ def _print_check(result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m tinyprune.cli_measure measure|check ...``), same exit codes as the CLI."""
-    from tinyprune.errors import INTERNAL_ERROR_EXIT, TinypruneError
+    """``python -m tinyprune.cli_measure measure|check ...``: the same as ``tinyprune measure|check``."""
+    from tinyprune.cli import guarded
 
     parser = argparse.ArgumentParser(prog="tinyprune", epilog=EPILOG)
     add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except TinypruneError as exc:
-        print(f"tinyprune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("tinyprune: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if os.environ.get("TINYPRUNE_DEBUG"):
-            raise
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        print(f"tinyprune: internal error: {type(exc).__name__}: {detail} "
-              "(set TINYPRUNE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
-        return INTERNAL_ERROR_EXIT
+    return guarded(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
