@@ -157,7 +157,7 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         x_plane, y_plane = plane_set(splits)
         # one fit call with a per-epoch callback: the same training as without --plane
         tuned, plane = record_during_finetune(pruned.model, splits.x_train, splits.y_train, x_plane, y_plane,
-                                              cfg.finetune.epochs, lr=cfg.finetune.lr,
+                                              cfg.finetune.epochs, lr=cfg.finetune.lr, noise_var="median",
                                               batch_size=cfg.finetune.batch_size, seed=cfg.seed, progress=progress)
         write_plane(plane, tmp)
     else:
@@ -304,7 +304,7 @@ def plane_set(splits) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_dir: Path | None, epochs: int,
-          methods: tuple[str, ...] = ("binning", "kde"), bins: int = 30, noise_var: float | str = 0.1,
+          methods: tuple[str, ...] = ("binning", "kde"), bins: int = 30, noise_var: float | str = "median",
           builtin_data: bool = False, progress: Progress = _quiet) -> dict:
     """Train the model for ``epochs`` epochs (cfg.finetune's lr and batch size) while recording
     I(X;T) and I(T;Y) per layer per epoch; writes plane.json and plane.png to ``out_dir``."""

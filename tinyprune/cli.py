@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", type=Path, help="output folder (default tinyprune-out/<stem>-plane)")
     pl.add_argument("--method", default="binning,kde", help="binning, kde or binning,kde (default both)")
     pl.add_argument("--bins", type=int, default=30, help="bins per coordinate for binning (default 30)")
-    pl.add_argument("--noise-var", default="0.1", help="KDE noise variance, or 'median' (default 0.1)")
+    pl.add_argument("--noise-var", default="median",
+                    help="KDE noise variance, or median (default: half the median pairwise distance per layer; "
+                         "a fixed 0.1 saturates at (ln N, H(Y)) on wide layers)")
     pl.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     pl.add_argument("--arch", help="package.module:factory, for a state_dict file")
     pl.add_argument("--trust-pickle", action="store_true", help="as for compress (RUNS THE FILE'S CODE)")
