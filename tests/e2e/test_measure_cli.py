@@ -60,7 +60,8 @@ def _keras_models(tmp_root: Path) -> Path:
 
 
 def test_check_passes_fails_and_annotates(tmp_path, request):
-    models = _keras_models(Path(request.config.cache.mkdir("tinyprune-keras-tflite")))
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    models = _keras_models(Path(cache.mkdir("tinyprune-keras-tflite")) if cache else tmp_path / "keras")
     project = tmp_path / "proj"
     (project / "build").mkdir(parents=True)
     shutil.copy(models / "cnn_int8.tflite", project / "build" / "model_int8.tflite")
