@@ -153,8 +153,6 @@ def test_bad_options_are_config_errors(splits):
 def test_plane_command_writes_json_and_png(tmp_path, digits_npz, trained):
     from tinyprune import api
 
-    if not hasattr(api, "plane"):
-        pytest.skip("tinyprune plane is not wired into api.py yet")
     from tinyprune.config import CompressConfig
 
     path = tmp_path / "mlp.pt"
