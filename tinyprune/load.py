@@ -168,7 +168,8 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+def check_model_file(path: str | Path) -> Path:
+    """The path, if it names a non-empty file; else UnsupportedModel saying what is wrong."""
     path = Path(path)
     if not path.exists():
         raise UnsupportedModel(f"model file not found: {path}")
@@ -176,6 +177,11 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         raise UnsupportedModel(f"{path} is a directory; give a model file")
     if path.stat().st_size == 0:
         raise UnsupportedModel(f"model file {path} is empty")
+    return path
+
+
+def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    path = check_model_file(path)
 
     import torch
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyprune.errors import ConfigError, DataError, TinypruneError, UnsupportedModel, UnsupportedOp
+from tinyprune.load import check_model_file
 from tinyprune.measure import energy as energy_mod
 from tinyprune.measure import latency as lat
 from tinyprune.measure import memory as mem
@@ -263,13 +264,7 @@ def measure_file(path, target="cortex-m4", *, input_shape: tuple[int, ...] | Non
     MACs and latency do not depend on it, accuracy does) and measures what the device would run.
     """
     target = _target(target)
-    path = Path(path)
-    if not path.exists():
-        raise UnsupportedModel(f"model file not found: {path}")
-    if path.is_dir():
-        raise UnsupportedModel(f"{path} is a directory; give a model file")
-    if path.stat().st_size == 0:
-        raise UnsupportedModel(f"model file {path} is empty")
+    path = check_model_file(path)
     kind = _sniff(path)
     t0 = time.perf_counter()
     if kind == "tflite":

@@ -51,6 +51,32 @@ def removes_outputs(dep) -> bool:
     return getattr(dep.pruning_fn, "__name__", "") == "prune_out_channels"
 
 
+def group_mean(model: nn.Module, group, scores_of):
+    """Per-channel importance of a torch-pruning group: the mean, over the group's conv/linear
+    output layers that ``scores_of(layer name)`` knows, of their scores for the coupled channels.
+
+    ``scores_of`` returns the layer's current per-channel scores (a tensor) or None. A mean, not a
+    sum, so a channel shared by several layers (residual adds) is not favoured in a global
+    ranking merely for appearing in more of them. None when no layer of the group is scored:
+    torch-pruning then leaves the group alone.
+    """
+    import torch
+
+    names = {m: n for n, m in model.named_modules()}
+    total = count = None
+    for i, (dep, idxs) in enumerate(group):
+        scores = scores_of(names.get(dep.layer, ""))
+        if scores is None or not removes_outputs(dep):
+            continue
+        root = torch.as_tensor(group[i].root_idxs)
+        local = scores[torch.as_tensor(idxs)].float()
+        if total is None:
+            total, count = torch.zeros(len(group[0].idxs)), torch.zeros(len(group[0].idxs))
+        total.index_add_(0, root, local)
+        count.index_add_(0, root, torch.ones_like(local))
+    return None if total is None else total / count.clamp_min(1)
+
+
 def _l1(model, x, y):
     import torch_pruning as tp
 

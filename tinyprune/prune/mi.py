@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinyprune.prune.criteria import removes_outputs
+from tinyprune.prune.criteria import group_mean
 
 BETA = 1.0  # weight of the redundancy term
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -93,26 +93,14 @@ class MIImportance:
         idx = torch.tensor([pos[c] for c in ids_now])
         return {k: v[idx] for k, v in scores.items()}
 
-    def __call__(self, group) -> torch.Tensor:
+    def __call__(self, group) -> torch.Tensor | None:
         self._refresh()
-        names = {m: n for n, m in self.model.named_modules()}
-        total, count = None, None
-        for i, (dep, idxs) in enumerate(group):
-            scores = self._current(names.get(dep.layer, ""))
-            if scores is None or not removes_outputs(dep):
-                continue
-            root = torch.as_tensor(group[i].root_idxs)
-            local = scores["score"][torch.as_tensor(idxs)].float()
-            if total is None:
-                n = len(group[0].idxs)
-                total, count = torch.zeros(n), torch.zeros(n)
-            total.index_add_(0, root, local)
-            count.index_add_(0, root, torch.ones_like(local))
-        if total is None:
-            return None  # nothing measured in this group: torch-pruning leaves it alone
-        # Residual groups couple several layers' channels: average, so a coupled channel is
-        # not favoured in the global ranking merely for appearing in more layers.
-        return total / count.clamp_min(1)
+
+        def scores_of(name):
+            current = self._current(name)
+            return None if current is None else current["score"]
+
+        return group_mean(self.model, group, scores_of)
 
 
 def model_channel_mi(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = "kde") -> dict[str, dict]:

@@ -648,30 +648,18 @@ class VibImportance:
         self.kept: dict[str, list[int]] | None = None
 
     def __call__(self, group) -> torch.Tensor | None:
-        from tinyprune.prune.criteria import removes_outputs
+        from tinyprune.prune.criteria import group_mean
 
-        names = {m: n for n, m in self.model.named_modules()}
-        total = count = None
-        for i, (dep, idxs) in enumerate(group):
-            name = names.get(dep.layer, "")
-            if name not in self.log_alpha or not removes_outputs(dep):
-                continue
+        def scores_of(name):
+            if name not in self.log_alpha:
+                return None
             ids = self.kept.get(name) if self.kept is not None else None
             la = self.log_alpha[name]
-            current = la[torch.as_tensor(ids)] if ids is not None else la
-            local = current[torch.as_tensor(idxs)].float()
-            root = torch.as_tensor(group[i].root_idxs)
-            if total is None:
-                n = len(group[0].idxs)
-                total, count = torch.zeros(n), torch.zeros(n)
-            total.index_add_(0, root, local)
-            count.index_add_(0, root, torch.ones_like(local))
-        if total is None:
-            return None
-        # Coupled channels: the mean over the layers that share them. Values may be negative;
-        # torch-pruning removes the lowest, across layers when the ranking is global (log alpha
-        # is in the same units in every layer).
-        return total / count.clamp_min(1)
+            return la[torch.as_tensor(ids)] if ids is not None else la
+
+        # Values may be negative; torch-pruning removes the lowest, across layers when the
+        # ranking is global (log alpha is in the same units in every layer).
+        return group_mean(self.model, group, scores_of)
 
 
 def config_from_prune(cfg) -> VibConfig:
