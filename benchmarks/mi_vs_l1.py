@@ -59,7 +59,7 @@ def main() -> None:
                 torch.manual_seed(seed)
                 t = time.perf_counter()
                 ft = pick[:args.finetune_samples]
-                retrain = lambda m: fit(m, xtr[ft], ytr[ft], FinetuneConfig(epochs=1, lr=1e-3, batch_size=128), seed)
+                retrain = lambda m, label: fit(m, xtr[ft], ytr[ft], FinetuneConfig(epochs=1, lr=1e-3, batch_size=128), seed)
                 try:
                     pruned = prune_to_macs(base, PruneConfig(criterion=criterion, sparsity=level), xa, ya,
                                            classes=10, retrain=retrain)
@@ -75,7 +75,7 @@ def main() -> None:
                 row = {"level": level, "criterion": criterion, "seed": seed, "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
                        "acc_pruned": acc0, "acc_finetuned": acc, "prune_seconds": prune_s,
                        "widths": [l["channels_after"] for l in pruned.layers],
-                       "units_removed": sum(len(u["removed"]) for u in pruned.units)}
+                       "units_removed": sum(len(u["removed"]) for u in pruned.record.get("skip_unit_stages", []))}
                 results.append(row)
                 print(json.dumps(row), flush=True)
 

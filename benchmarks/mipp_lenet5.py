@@ -35,7 +35,8 @@ import torch.nn as nn
 
 from benchmarks.common import REPO, lenet5, load_dataset, markdown_table
 from tinyprune.config import FinetuneConfig
-from tinyprune.prune.mipp import apply_kept, mipp_prune, reinitialize, weight_count
+from tinyprune.prune.groups import reinitialize
+from tinyprune.prune.mipp import apply_kept, mipp_prune, weight_count
 from tinyprune.train import accuracy, fit
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -45,7 +46,7 @@ def uniform_prune(model: nn.Module, method: str, target: float, example: torch.T
     """The same channel ratio in every hidden layer (torch-pruning), bisected to >= target weights removed."""
     import torch_pruning as tp
 
-    from tinyprune.prune.criteria import get_criterion
+    from tinyprune.prune import protocol
 
     w0 = weight_count(model)
 
@@ -53,7 +54,7 @@ def uniform_prune(model: nn.Module, method: str, target: float, example: torch.T
         m = copy.deepcopy(model)
         classifier = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1]
         torch.manual_seed(seed)
-        imp = get_criterion(method).make(m, None, None)
+        imp = protocol.build(method).importance(m, None, None)
         pruner = tp.pruner.MetaPruner(m, example, importance=imp, pruning_ratio=ratio, global_pruning=False,
                                       ignored_layers=[classifier], round_to=None, iterative_steps=1)
         pruner.step()

@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,7 @@ from tinyprune.errors import ConfigError, ExportError, UnsupportedOp
 from tinyprune.report import Report, StageRecord, to_markdown
 from tinyprune.train import Progress, _quiet
 
-ARTIFACTS = ("model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
-             "report.json", "report.md", "report.html")
 TIMING_REPEATS = 10
-DEEPCOMPRESS_ARTIFACTS = ("model.tpz", "model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h")
 
 
 @dataclass(frozen=True)
@@ -103,94 +100,143 @@ def _load_stage(source, cfg, data_path, builtin_data):
     return loaded, model, splits
 
 
-def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress) -> Report:
-    import torch
+@dataclass
+class RunState:
+    """What the stages pass along. Each stage reads what earlier stages set and adds its own."""
 
-    from tinyprune.export import micro, tflite
-    from tinyprune.export.onnx import export_onnx
-    from tinyprune.measure.core import measure_stage, unsupported_tflite_ops
-    from tinyprune.measure.macs import count_tflite, count_torch
+    source: ModelSource
+    target: object
+    tmp: Path  # the staging folder; published to ``out`` when every stage succeeded
+    progress: Progress
+    data_path: Path | None = None
+    builtin_data: bool = False
+    loaded: object = None
+    splits: object = None
+    example: object = None
+    model: object = None  # the current float model
+    pruned: object = None  # PruneResult
+    layers: list = field(default_factory=list)
+    deep: object = None  # Deep Compression result
+    int8: dict = field(default_factory=dict)  # int8 flatbuffer and what verifying it produced
+    records: list = field(default_factory=list)
+    artifacts: list = field(default_factory=list)  # files written, in stage order
+
+    def write(self, name: str, content: bytes | str) -> None:
+        """Write an artifact into the staging folder and declare it."""
+        path = self.tmp / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        self.declare(name)
+
+    def declare(self, *names: str) -> None:
+        self.artifacts.extend(n for n in names if n not in self.artifacts)
+
+
+def _measure(model, state: RunState, **kw) -> dict:
+    from tinyprune.measure.core import measure_stage
+
+    return measure_stage(model, state.target, repeats=TIMING_REPEATS, **kw)
+
+
+def load_stage(state: RunState, cfg: CompressConfig):
+    from tinyprune.measure.macs import count_torch
+    from tinyprune.train import accuracy
+
+    t = time.perf_counter()
+    state.loaded, state.model, state.splits = _load_stage(state.source, cfg, state.data_path, state.builtin_data)
+    state.example = torch_example(state.splits)
+    macs, params = count_torch(state.model, state.example)
+    return state, StageRecord("original", params, macs,
+                              accuracy(state.model, state.splits.x_eval, state.splits.y_eval),
+                              time.perf_counter() - t,
+                              details={"format": state.loaded.format,
+                                       "measure": _measure(state.model, state, example=state.example)})
+
+
+def prune_stage(state: RunState, cfg: CompressConfig):
     from tinyprune.prune import prune_to_macs
-    from tinyprune.report.html import write_html
     from tinyprune.train import accuracy, fit
 
-    records: list[StageRecord] = []
-
     t = time.perf_counter()
-    loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
-    example = torch.from_numpy(splits.x_train[:1])
-    macs, params = count_torch(model, example)
-    records.append(StageRecord("original", params, macs, accuracy(model, splits.x_eval, splits.y_eval),
-                               time.perf_counter() - t,
-                               details={"format": loaded.format,
-                                        "measure": measure_stage(model, target, example=example,
-                                                                 repeats=TIMING_REPEATS)}))
-
-    t = time.perf_counter()
+    splits = state.splits
     x_info, y_info = analysis_set(splits)
-    source_model = model
-    if cfg.prune.at_init:
-        from tinyprune.prune.mipp import reinitialize
+    pruned = prune_to_macs(state.model, cfg.prune, x_info, y_info, splits.classes,
+                           retrain=lambda m, label: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed,
+                                                        state.progress, label),
+                           train=(splits.x_train, splits.y_train), progress=state.progress, seed=cfg.seed)
+    state.pruned, state.model = pruned, pruned.model
+    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, cfg.prune.criterion)
+    return state, StageRecord("pruned", pruned.params_after, pruned.macs_after,
+                              accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
+                              details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
+                                       "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
+                                       "at_init": cfg.prune.at_init, **pruned.record})
 
-        source_model = reinitialize(model, cfg.seed)
-    pruned = prune_to_macs(source_model, cfg.prune, x_info, y_info, splits.classes,
-                           retrain=lambda m: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress,
-                                                 "MSPIC stage fine-tune"),
-                           train=(splits.x_train, splits.y_train), progress=progress)
-    layers = _layer_records(source_model, pruned, x_info, y_info, cfg.prune.criterion)
-    records.append(StageRecord("pruned", pruned.params_after, pruned.macs_after,
-                               accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                               details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
-                                        "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
-                                        "skip_unit_stages": pruned.units, "at_init": cfg.prune.at_init,
-                                        "mipp": _mipp_summary(pruned.pre_step),
-                                        # vib: gates per layer, CE/KL history, |pruned - gated| check
-                                        **({"prepared": {k: v for k, v in pruned.prepared.items()
-                                                         if k not in ("log_alpha", "kept")}}
-                                           if pruned.prepared else {})}))
+
+def finetune_stage(state: RunState, cfg: CompressConfig):
+    from tinyprune.train import accuracy, fit
 
     t = time.perf_counter()
-    plane = None
+    splits, plane = state.splits, None
     if cfg.plane:
         from tinyprune.information.plane import plane_summary, record_during_finetune, write_plane
 
         x_plane, y_plane = plane_set(splits)
         # one fit call with a per-epoch callback: the same training as without --plane
-        tuned, plane = record_during_finetune(pruned.model, splits.x_train, splits.y_train, x_plane, y_plane,
+        tuned, plane = record_during_finetune(state.model, splits.x_train, splits.y_train, x_plane, y_plane,
                                               cfg.finetune.epochs, lr=cfg.finetune.lr, noise_var="median",
-                                              batch_size=cfg.finetune.batch_size, seed=cfg.seed, progress=progress)
-        write_plane(plane, tmp)
+                                              batch_size=cfg.finetune.batch_size, seed=cfg.seed,
+                                              progress=state.progress)
+        write_plane(plane, state.tmp)
+        state.declare("plane.json", "plane.png")
     else:
-        tuned = fit(pruned.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, progress)
-    records.append(StageRecord("finetuned", pruned.params_after, pruned.macs_after,
-                               accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                               details={"epochs": cfg.finetune.epochs,
-                                        **({"plane": {"json": "plane.json", "png": "plane.png",
-                                                      **plane_summary(plane)}} if plane else {}),
-                                        "measure": measure_stage(tuned, target, example=example,
-                                                                 repeats=TIMING_REPEATS)}))
+        tuned = fit(state.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, state.progress)
+    state.model = tuned
+    return state, StageRecord("finetuned", state.pruned.params_after, state.pruned.macs_after,
+                              accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
+                              details={"epochs": cfg.finetune.epochs,
+                                       **({"plane": {"json": "plane.json", "png": "plane.png",
+                                                     **plane_summary(plane)}} if plane else {}),
+                                       "measure": _measure(tuned, state, example=state.example)})
 
-    deep = None
-    if cfg.deepcompress is not None:
-        from tinyprune.deepcompress.stage import run_deepcompress
 
-        deep = run_deepcompress(tuned, splits.x_train, splits.y_train, splits.x_eval, splits.y_eval,
-                                cfg.deepcompress, cfg.seed, progress)
-        records.extend(deep.records)
-        (tmp / "model.tpz").write_bytes(deep.archive)
-        tuned = deep.model
+def deepcompress_stage(state: RunState, cfg: CompressConfig):
+    if cfg.deepcompress is None:
+        return state, []
+    from tinyprune.deepcompress.stage import run_deepcompress
+
+    s = state.splits
+    state.deep = run_deepcompress(state.model, s.x_train, s.y_train, s.x_eval, s.y_eval, cfg.deepcompress,
+                                  cfg.seed, state.progress)
+    state.write("model.tpz", state.deep.archive)
+    state.model = state.deep.model
+    return state, state.deep.records
+
+
+def export_stage(state: RunState, cfg: CompressConfig):
+    import torch
+
+    from tinyprune.export import micro, tflite
+    from tinyprune.export.onnx import export_onnx
+    from tinyprune.measure.core import unsupported_tflite_ops
+    from tinyprune.measure.macs import count_tflite
 
     t = time.perf_counter()
-    tuned.eval()
+    tmp, splits, target = state.tmp, state.splits, state.target
+    tuned = state.model.eval()
     try:
-        program = torch.export.export(tuned, (example,))
+        program = torch.export.export(tuned, (state.example,))
         torch.export.save(program, str(tmp / "model_pruned.pt2"))
     except Exception as exc:
         raise ExportError(f"saving the pruned model with torch.export failed: {str(exc).splitlines()[0][:200]}") from None
+    state.declare("model_pruned.pt2")
     onnx_diff = export_onnx(tuned, splits.x_train[:1], tmp / "model.onnx", cfg.export.opset)
+    state.declare("model.onnx")
     int8_bytes = tflite.to_int8_tflite(tmp / "model.onnx", splits.x_calib, tmp / "_work")
     shutil.rmtree(tmp / "_work")
-    (tmp / "model_int8.tflite").write_bytes(int8_bytes)
+    state.write("model_int8.tflite", int8_bytes)
     io = tflite.io_details(int8_bytes)
     int8_pred = tflite.litert_predict(int8_bytes, splits.x_eval)
     int8_acc = float((int8_pred == splits.y_eval).mean())
@@ -204,9 +250,10 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     tflm_pred = micro.tflm_outputs(int8_bytes, xq[:n_check], arena).reshape(n_check, -1).argmax(1)
     counted = count_tflite(int8_bytes)
     source_cc, header = micro.c_array(int8_bytes)
-    (tmp / "model_data.cc").write_text(source_cc)
-    (tmp / "model_data.h").write_text(header)
-    records.append(StageRecord(
+    state.write("model_data.cc", source_cc)
+    state.write("model_data.h", header)
+    state.int8 = {"bytes": int8_bytes, "xq": xq[:n_check], "y": splits.y_eval[:n_check], "tflm_pred": tflm_pred}
+    return state, StageRecord(
         "int8", counted["params"], counted["macs"], int8_acc, time.perf_counter() - t,
         flash_bytes=len(int8_bytes), arena_bytes=arena,
         details={
@@ -218,27 +265,43 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
                 "agreement_with_litert": float((tflm_pred == int8_pred[:n_check]).mean()),
             },
             "ops": counted["layers"],
-            "measure": measure_stage(int8_bytes, target, arena_bytes=arena, onnx_model=tmp / "model.onnx",
-                                     repeats=TIMING_REPEATS),
+            "measure": _measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx"),
         },
-    ))
+    )
 
-    if deep is not None:
-        records.append(_lut_stage(int8_bytes, xq[:n_check], splits.y_eval[:n_check], tflm_pred, cfg, tmp, target))
 
-    artifacts = ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep is not None else ()) + \
-        (("plane.json", "plane.png") if plane else ())
+def lut_stage(state: RunState, cfg: CompressConfig):
+    if state.deep is None:
+        return state, []
+    i = state.int8
+    return state, _lut_stage(i["bytes"], i["xq"], i["y"], i["tflm_pred"], cfg, state)
+
+
+# The pipeline: each stage is (state, cfg) -> (state, StageRecord or list of them).
+STAGES = (load_stage, prune_stage, finetune_stage, deepcompress_stage, export_stage, lut_stage)
+REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress) -> Report:
+    from tinyprune.report.html import write_html
+
+    state = RunState(source, target, tmp, progress, data_path, builtin_data)
+    for stage in STAGES:
+        state, produced = stage(state, cfg)
+        state.records.extend(produced if isinstance(produced, (list, tuple)) else [produced])
+    state.declare(*REPORT_FILES)
+    splits = state.splits
     report = Report(
         tool_version=__version__,
-        model={"path": str(source.path), "format": loaded.format, "input_shape": [1, *splits.sample_shape],
+        model={"path": str(source.path), "format": state.loaded.format, "input_shape": [1, *splits.sample_shape],
                "classes": splits.classes},
         data=splits.summary(),
         target=target.to_dict(),
         config=cfg.to_dict(),
-        stages=records,
-        layers=layers,
-        artifacts=[str(out / a) for a in artifacts],
-        compression=deep.to_dict() if deep is not None else None,
+        stages=state.records,
+        layers=state.layers,
+        artifacts=[str(out / a) for a in state.artifacts],
+        compression=state.deep.to_dict() if state.deep is not None else None,
     )
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp / "report.md").write_text(to_markdown(report))
@@ -246,12 +309,17 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     return report
 
 
-def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred: np.ndarray, cfg, tmp: Path,
-               target):
+def torch_example(splits):
+    import torch
+
+    return torch.from_numpy(splits.x_train[:1])
+
+
+def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred: np.ndarray, cfg,
+               state: RunState):
     """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
     from tinyprune.export import micro
     from tinyprune.export.lut import lut_compress, verify_bit_exact
-    from tinyprune.measure.core import measure_stage
     from tinyprune.measure.macs import count_tflite
 
     t = time.perf_counter()
@@ -260,10 +328,10 @@ def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred:
     if not check["bit_exact"]:
         raise ExportError(f"the LUT-compressed model differs from the int8 model in TFLM on "
                           f"{check['samples_differing']} of {check['samples']} samples; please report this model")
-    (tmp / "model_int8_lut.tflite").write_bytes(lut.model)
+    state.write("model_int8_lut.tflite", lut.model)
     source_cc, header = micro.c_array(lut.model, "g_model_lut_data", "model_lut_data.h")
-    (tmp / "model_lut_data.cc").write_text(source_cc)
-    (tmp / "model_lut_data.h").write_text(header)
+    state.write("model_lut_data.cc", source_cc)
+    state.write("model_lut_data.h", header)
     counted = count_tflite(int8_bytes)  # the DECODE graph computes the same layers
     return StageRecord(
         "int8_lut", counted["params"], counted["macs"],
@@ -271,21 +339,12 @@ def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred:
         float((int8_tflm_pred == y).mean()), time.perf_counter() - t,
         flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
         details={"lut": lut.to_dict(), "tflm_check": check,
-                 "measure": measure_stage(lut.model, target, arena_bytes=check["arena_after"], repeats=TIMING_REPEATS),
+                 "measure": _measure(lut.model, state, arena_bytes=check["arena_after"]),
                  "accuracy_measured_on": f"{check['samples']} held-out samples in TFLM"},
     )
 
 
 ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2
-
-
-def _mipp_summary(report: dict | None) -> dict | None:
-    if report is None:
-        return None
-    keys = ("terc_removed", "forced", "collapsed", "passes", "sparsity", "samples", "margin_k", "reference", "seconds")
-    layers = {name: {"kept": e["n_kept"], "total": e["total"], "terc_removed": len(e["terc_removed"]),
-                     "forced": len(e["forced"]), "collapse": e["collapse"]} for name, e in report["layers"].items()}
-    return {**{k: report[k] for k in keys}, "layers": layers}
 
 
 def analysis_set(splits) -> tuple[np.ndarray, np.ndarray]:
@@ -339,7 +398,7 @@ def _layer_records(model, pruned, x, y, criterion: str) -> list[dict]:
         removed = sorted(set(range(layer["channels_before"])) - set(kept))
         reason = "kept whole"
         if not kept:
-            reason = "its skip-unit was removed (MSPIC)"
+            reason = f"removed with its whole skip-unit ({criterion})"
         elif removed:
             reason = f"lowest {criterion} importance"
         record = dict(layer, removed_channels=removed, reason=reason)
@@ -412,6 +471,7 @@ def demo(cfg: CompressConfig, out_dir: Path | None = None, progress: Progress = 
     import torch
 
     out = Path(out_dir) if out_dir else Path("tinyprune-out") / "demo"
+    targets.load(cfg.target)  # a bad target fails before the training
     model = train_demo_model(cfg.seed, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Kept beside the results so `tinyprune compress` can be tried on it by hand. Only

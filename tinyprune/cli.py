@@ -56,15 +56,33 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default=None,
                    help="shared-weight index bits: one number or per kind, e.g. conv=8,fc=5 (compress default, "
                         "as in the paper; the demo uses 4 so that its LUT model shrinks)")
-    p.add_argument("--vib-gamma", type=float, default=5e-4,
-                   help="--criterion vib: KL weight per unit (default 5e-4; larger removes more)")
-    p.add_argument("--vib-epochs", type=int, default=10, help="--criterion vib: VIB training epochs (default 10)")
-    p.add_argument("--vib-threshold", type=float, default=0.0,
-                   help="--criterion vib: remove units with log(mu^2/sigma^2) below this (default 0, the paper's)")
+    _criterion_options(p)
     p.add_argument("--plane", action="store_true",
                    help="record the information plane during fine-tuning (plane.json, plane.png)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")
+
+
+def _flag_value(default):
+    if isinstance(default, bool):
+        def parse(text: str) -> bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return parse
+    return type(default) if isinstance(default, (int, float)) else str
+
+
+def _criterion_options(p: argparse.ArgumentParser) -> None:
+    """One flag per option of every criterion (``--vib-gamma``), from the criteria's configs."""
+    from tinyprune.prune import protocol  # light: no torch
+
+    for name, (criterion, option, default) in protocol.option_flags().items():
+        p.add_argument(name, dest=f"option:{criterion}:{option}", type=_flag_value(default), default=None,
+                       metavar=type(default).__name__.upper(),
+                       help=f"--criterion {criterion}: {option.replace('_', ' ')} (default {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,9 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args):
-    from tinyprune.config import CompressConfig, DataConfig, FinetuneConfig, PruneConfig
+def _criterion_options_given(args) -> tuple[dict, list[str]]:
+    """Options given for the chosen criterion, and the flags given that belong to another one."""
+    from tinyprune.prune import protocol
 
+    mine, foreign = {}, []
+    for key, value in vars(args).items():
+        if not key.startswith("option:") or value is None:
+            continue
+        _, criterion, option = key.split(":")
+        if criterion == args.criterion:
+            mine[option] = value
+        else:
+            foreign.append(f"{protocol.flag(criterion, option)} belongs to --criterion {criterion}")
+    return mine, foreign
+
+
+def _config(args):
+    """Every flag checked here, before a model is loaded or anything is trained."""
+    from tinyprune.config import CompressConfig, DataConfig, FinetuneConfig, PruneConfig
+    from tinyprune.prune import protocol
+
+    protocol.get(args.criterion)  # an unknown criterion names the known ones
+    options, foreign = _criterion_options_given(args)
+    if foreign:
+        raise ConfigError(f"{foreign[0]}, not --criterion {args.criterion}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     epochs = args.finetune_epochs if args.finetune_epochs is not None else (8 if args.command == "demo" else 3)
     deep = None
     if not args.no_deepcompress:
@@ -152,8 +194,7 @@ def _config(args):
         target=args.target,
         seed=args.seed,
         data=DataConfig(layout=getattr(args, "layout", "auto")),
-        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, vib_gamma=args.vib_gamma,
-                          vib_epochs=args.vib_epochs, vib_threshold=args.vib_threshold, at_init=args.at_init),
+        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, at_init=args.at_init, options=options),
         finetune=FinetuneConfig(epochs=epochs),
         plane=args.plane,
     )
@@ -273,6 +314,14 @@ def _run(args) -> int:
         from tinyprune import cli_measure
 
         return cli_measure.run(args)
+    if args.command == "criteria":
+        from tinyprune.prune import protocol  # light: no torch
+
+        for name in protocol.names():
+            c = protocol.get(name)
+            flags = " ".join(protocol.option_flags_of(name))
+            print(f"{c.name:10} {c.description}" + (f" [{flags}]" if flags else ""))
+        return 0
     if args.command == "targets":
         from tinyprune import targets
 
@@ -291,12 +340,6 @@ def _run(args) -> int:
     warnings.filterwarnings("ignore")
     from tinyprune import api
 
-    if args.command == "criteria":
-        from tinyprune.prune import CRITERIA
-
-        for c in CRITERIA.values():
-            print(f"{c.name:10} {c.description}")
-        return 0
 
     if args.command == "unpack":
         return _unpack(args)

@@ -28,20 +28,21 @@ class PruneConfig:
     criterion: str = "l1"
     sparsity: float = 0.5  # fraction of MACs removed
     max_steps: int = 40  # at least this many steps (about 1 % of the channels each) to the MAC target
-    # --criterion vib (tinyprune.prune.vib): KL weight per unit, VIB training epochs, and the
-    # log(mu^2/sigma^2) below which a unit is removed (Dai et al. 2018: 0)
-    vib_gamma: float = 5e-4
-    vib_epochs: int = 10
-    vib_threshold: float = 0.0
     at_init: bool = False  # prune a freshly re-initialized copy (pruning before training), then train it
+    # the criterion's own frozen config (tinyprune.prune.protocol); a dict of its fields, or None
+    # for its defaults, is turned into it here, so a bad name or option fails before any slow work
+    options: object = None
 
     def __post_init__(self):
+        from tinyprune.prune import protocol  # light: no torch
+
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if not self.vib_gamma >= 0:
-            raise ConfigError(f"--vib-gamma must be >= 0, got {self.vib_gamma}")
-        if self.vib_epochs < 0:
-            raise ConfigError(f"--vib-epochs must be >= 0, got {self.vib_epochs}")
+        cls = protocol.get(self.criterion)
+        if self.options is None or isinstance(self.options, dict):
+            object.__setattr__(self, "options", protocol.build_config(self.criterion, self.options))
+        elif not isinstance(self.options, cls.Config):
+            raise ConfigError(f"options of --criterion {self.criterion} must be a {cls.Config.__name__}")
 
 
 @dataclass(frozen=True)
@@ -80,23 +81,3 @@ class CompressConfig:
         d = asdict(self)
         d["deepcompress"] = self.deepcompress.to_dict() if self.deepcompress is not None else None
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CompressConfig":
-        d = dict(d)
-        data = dict(d.pop("data", {}))
-        if data.get("input_shape") is not None:
-            data["input_shape"] = tuple(data["input_shape"])
-        deep = d.pop("deepcompress", None)
-        if deep is not None:
-            from tinyprune.deepcompress.stage import DeepCompressConfig
-
-            deep = DeepCompressConfig(**deep)
-        return cls(
-            deepcompress=deep,
-            data=DataConfig(**data),
-            prune=PruneConfig(**d.pop("prune", {})),
-            finetune=FinetuneConfig(**d.pop("finetune", {})),
-            export=ExportConfig(**d.pop("export", {})),
-            **d,
-        )

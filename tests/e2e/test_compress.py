@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from tinyprune.api import ARTIFACTS, DEEPCOMPRESS_ARTIFACTS
 from tinyprune.deepcompress.archive import read_archive
 from tinyprune.cli import main
 from tinyprune.export.micro import tflm_outputs
@@ -44,7 +43,13 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert code == 0, captured.err
     report = json.loads(captured.out)
     deep = "--no-deepcompress" not in extra
-    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS + (DEEPCOMPRESS_ARTIFACTS if deep else ()))
+    plain = ["model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
+             "report.json", "report.md", "report.html"]
+    lut = ["model.tpz", "model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h"]
+    expected = sorted(plain + (lut if deep else []))
+    # the stages declare what they write: the report lists exactly the files on disk
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert sorted(a.rsplit("/", 1)[-1] for a in report["artifacts"]) == expected
     assert report == json.loads((out / "report.json").read_text())
     from tinyprune.report.jsonschema_lite import validate
 
@@ -123,3 +128,35 @@ def test_measured_arena_is_the_smallest_that_runs(tmp_path, trained, digits_npz)
     assert tflm_outputs(blob, x, arena).shape == (2, 10)
     with pytest.raises(Exception, match="TFLM failed"):
         tflm_outputs(blob, x, arena - 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion, options", [
+    ("vib", ["--vib-epochs", "2", "--vib-gamma", "0.01"]),
+    ("mipp", []),
+    ("flow", []),
+    ("l1", []),
+])
+def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys, criterion, options):
+    """Each criterion end to end (TFLM included), at equal MACs: within 1 % above the target."""
+    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
+    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(tmp_path / "out"),
+                 "--criterion", criterion, *options, "--sparsity", "0.4", "--finetune-epochs", "1",
+                 "--no-deepcompress", "--seed", "3", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    pruned = next(s for s in report["stages"] if s["name"] == "pruned")
+    assert report["config"]["prune"]["criterion"] == criterion and report["config"]["seed"] == 3
+    assert pruned["details"]["criterion"] == criterion
+    removed = pruned["details"]["macs_removed"]
+    if criterion == "vib":
+        assert removed >= 0.4  # VIB may remove more than asked: the target is a floor
+        assert pruned["details"]["prepared"]["config"]["seed"] == 3  # --seed reached VIB
+        assert report["config"]["prune"]["options"] == {"gamma": 0.01, "epochs": 2, "threshold": 0.0, "lr": 1e-3}
+    else:
+        assert 0.4 <= removed <= 0.41 + 1e-9, removed
+    if criterion == "mipp":
+        assert pruned["details"]["mipp"]["layers"]
+    int8 = report["stages"][-1]
+    assert int8["name"] == "int8" and int8["details"]["tflm"]["samples"] > 0

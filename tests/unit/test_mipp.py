@@ -189,7 +189,7 @@ def test_fill_puts_terc_removed_nodes_back_down_to_the_target(cnn):
 
 
 def test_mipp_criterion_through_prune_to_macs(cnn):
-    """Runs once ``--criterion mipp`` is registered with a pre-step (see the module's wiring notes)."""
+    """--criterion mipp: MIPP prunes in the criterion's prepare step, kept ids follow."""
     from tinyprune.config import PruneConfig
     from tinyprune.prune import prune_to_macs
 

@@ -256,14 +256,16 @@ def test_vib_criterion_through_prune_to_macs(trained, splits):
 
     model = trained("mlp")
     x, y = splits.x_train, splits.y_train
-    cfg = PruneConfig(criterion="vib", sparsity=0.0, vib_gamma=1e-2, vib_epochs=4)
+    cfg = PruneConfig(criterion="vib", sparsity=0.0, options={"gamma": 1e-2, "epochs": 4})
     res = prune_to_macs(model, cfg, x[:300], y[:300], 10, train=(x, y))
-    assert res.prepared is not None and res.macs_after < res.macs_before  # gamma alone removed units
+    prepared = res.record["prepared"]
+    assert res.macs_after < res.macs_before  # gamma alone removed units
     for layer in res.layers:
         assert len(res.kept[layer["name"]]) == layer["channels_after"]
-    assert res.kept["1"] == res.prepared["kept"]["1"]
+    gated = {layer["name"]: layer for layer in prepared["layers"]}
+    assert res.kept["1"] == gated["1"]["kept"]
     # a MAC target beyond what the gates closed: the loop continues by lowest log alpha
-    deeper = prune_to_macs(model, PruneConfig(criterion="vib", sparsity=0.95, vib_gamma=1e-2, vib_epochs=4),
+    deeper = prune_to_macs(model, PruneConfig(criterion="vib", sparsity=0.95, options={"gamma": 1e-2, "epochs": 4}),
                            x[:300], y[:300], 10, train=(x, y))
     assert deeper.macs_after <= 0.05 * deeper.macs_before * 1.02
-    assert set(deeper.kept["1"]) <= set(deeper.prepared["kept"]["1"])
+    assert set(deeper.kept["1"]) <= set(gated["1"]["kept"])

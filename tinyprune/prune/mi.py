@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinyprune.prune.criteria import group_mean
+from tinyprune.prune.groups import PRUNABLE as _PRUNABLE
+from tinyprune.prune.groups import group_mean
 
 BETA = 1.0  # weight of the redundancy term
-_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def redundancy_discount(acts: torch.Tensor, relevance: torch.Tensor, beta: float = BETA) -> torch.Tensor:

@@ -86,9 +86,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinyprune.errors import ConfigError
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+from tinyprune.errors import ConfigError
+from tinyprune.prune.groups import PRUNABLE, reinitialize
+
 DEFAULT_SAMPLES = 300  # analysis samples (N x N Gram matrices)
 MARGIN_K = 1.0  # margin = MARGIN_K * std of the layer MI over the random subsets
 MARGIN_SUBSETS = 8  # random subsets for the std
@@ -657,16 +658,6 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
         group.prune()
     masks["refused"] = refused
     return model
-
-
-def reinitialize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` with every parameter freshly initialized (``reset_parameters``)."""
-    fresh = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for m in fresh.modules():
-        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-            m.reset_parameters()
-    return fresh
 
 
 def mipp_prune(model: nn.Module, x, y=None, target_sparsity: float | None = None, at_init: bool = False,

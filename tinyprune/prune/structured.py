@@ -3,6 +3,8 @@
 ``--sparsity`` is the fraction of MACs removed. Removing a fraction r of channels in every
 layer cuts MACs by roughly 1-(1-r)^2, and residual couplings make it irregular, so the
 pruner advances in small steps and stops at the first step that meets the target.
+The criterion (``tinyprune.prune.protocol``) may prune first in its own way (``prepare``) and
+ranks channels for the steps (``importance``); this module names no criterion.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ import torch.nn as nn
 from tinyprune.config import PruneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.measure.macs import count_torch
-from tinyprune.prune.criteria import removes_outputs, get_criterion
+from tinyprune.prune import protocol
+from tinyprune.prune.groups import (PRUNABLE, classifier_layers, follow_removal, group_channel_macs, group_macs,
+                                    output_positions,
+                                    reinitialize, widths)
+from tinyprune.prune.protocol import Context, Step
+
+
+# Criteria are compared at equal MACs: a step that would carry the cut more than this fraction of
+# the original MACs past the target is not taken; single channels are removed instead (_land).
+LANDING = 0.01
 
 
 @dataclass
@@ -30,78 +41,53 @@ class PruneResult:
     layers: list[dict]  # name, channels_before, channels_after
     steps: int
     kept: dict[str, list[int]]  # per layer: original indices of the output channels that remain
-    units: list[dict] = field(default_factory=list)  # MSPIC stage records (skip-unit criteria only)
-    prepared: dict | None = None  # what a criterion's prepare step reported (vib: gates, history)
-    pre_step: dict | None = None  # the pre-step's report (MIPP)
-
-
-def _output_layers(model: nn.Module, classes: int) -> list[nn.Module]:
-    """The layers whose outputs are class scores: their output channels must stay."""
-    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
-    return [m for m in last if (m.out_features if isinstance(m, nn.Linear) else m.out_channels) == classes][-1:]
-
-
-def _widths(model: nn.Module) -> dict[str, int]:
-    return {
-        name: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
-    }
+    record: dict = field(default_factory=dict)  # the criterion's own record (report.json, verbatim)
+    source: nn.Module | None = None  # the model pruning started from (re-initialized with at_init)
 
 
 def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_calib: np.ndarray,
                   classes: int, retrain=None, train: tuple[np.ndarray, np.ndarray] | None = None,
-                  progress=None) -> PruneResult:
+                  progress=None, seed: int = 0) -> PruneResult:
     """Return a pruned copy of ``model`` with at most (1 - sparsity) of its MACs.
 
-    ``retrain(model) -> model`` fine-tunes between MSPIC stages (skip-unit criteria only).
-    ``train``: (x, y) for a criterion's prepare step (vib trains on it; default the calibration
-    data). A prepare step may remove more than ``sparsity`` asks: the target is a floor.
+    ``x_calib``/``y_calib``: the analysis samples the criterion looks at. ``retrain(model, label)
+    -> model`` fine-tunes between a criterion's stages (MSPIC). ``train``: (x, y) for criteria
+    that train (vib; default the analysis samples). A criterion's ``prepare`` may remove more
+    than ``sparsity`` asks: the target is a floor.
     """
+    x_train, y_train = train if train is not None else (None, None)
+    ctx = Context(seed=seed, x=x_calib, y=y_calib, classes=classes, sparsity=cfg.sparsity,
+                  x_train=x_train, y_train=y_train, retrain=retrain, progress=progress)
+    return prune(model, cfg, ctx)
+
+
+def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
     import torch_pruning as tp
 
-    model = copy.deepcopy(model).eval()
-    example = torch.from_numpy(x_calib[:1])
+    criterion = protocol.build(cfg.criterion, cfg.options)
+    source = reinitialize(model, ctx.seed) if cfg.at_init else model
+    model = copy.deepcopy(source).eval()
+    example = torch.from_numpy(ctx.x[:1])
     macs0, params0 = count_torch(model, example)
-    before = _widths(model)
-    units: list[dict] = []
-    criterion = get_criterion(cfg.criterion)
-    prepared, kept_prepared = None, {}
-    if criterion.prepare is not None:
-        x_train, y_train = train if train is not None else (x_calib, y_calib)
-        model, kept_prepared, prepared = criterion.prepare(model, cfg, x_train, y_train, classes, progress)
-        model.eval()
-    if cfg.sparsity > 0 and criterion.skip_units:
-        from tinyprune.prune.skip_units import mspic
-
-        model, units = mspic(model, x_calib, y_calib, retrain=retrain)
-        model.eval()
-    pre_report, pre_kept = None, {}
-    if cfg.sparsity > 0 and criterion.pre_step is not None:
-        model, pre_report = criterion.pre_step(model, x_calib, y_calib, retrain=retrain, macs_sparsity=cfg.sparsity)
-        model.eval()
-        pre_kept = pre_report["kept"]
-    kept = {name: list(pre_kept.get(name, range(width))) for name, width in before.items() if name in _widths(model)}
-    kept.update({k: list(v) for k, v in kept_prepared.items() if k in kept})
+    before = widths(model)
+    step = criterion.prepare(model, ctx) or Step(model)
+    model = step.model.eval()
+    now = widths(model)
+    kept = {name: list(step.kept.get(name, range(width))) for name, width in before.items() if name in now}
     if cfg.sparsity == 0:
         macs1, params1 = count_torch(model, example)
-        now = _widths(model)
-        return PruneResult(model, macs0, macs1, params0, params1,
-                           [{"name": k, "channels_before": v, "channels_after": now.get(k, 0)} for k, v in before.items()],
-                           0, kept, units, prepared)
-    if criterion.prepare is not None:
-        importance = criterion.make(model, x_calib, y_calib, prepared)
-    else:
-        importance = criterion.make(model, x_calib, y_calib)
+        return PruneResult(model, macs0, macs1, params0, params1, _layers(before, now), 0, kept, step.record, source)
+    importance = criterion.importance(model, ctx, step)
     if hasattr(importance, "kept"):
         importance.kept = kept  # lets measured scores follow the channels between measurements
     target = (1.0 - cfg.sparsity) * macs0
+    floor = target - LANDING * macs0  # every criterion removes between sparsity and sparsity + LANDING
     # About 1 % of the channels per step: a global ranking can empty a small layer in one
     # coarse step and overshoot the MAC target far (all of LeNet-5's conv1 is 6 channels).
-    channels = sum(before.values())
-    steps_total = max(cfg.max_steps, min(400, channels))
+    steps_total = max(cfg.max_steps, min(400, sum(before.values())))
     names = {m: n for n, m in model.named_modules()}
-    macs = count_torch(model, example)[0]  # skip-unit removal may already have met the target
+    classifier = {m for n, m in model.named_modules() if n in classifier_layers(model, ctx.classes)}
+    macs = count_torch(model, example)[0]  # the criterion's own step may already have met the target
     steps = 0
     # A global ranking can stop short of the target when its per-layer floors bind on the
     # layers that hold the MACs; the rest of the cut is then spread evenly over the layers.
@@ -118,28 +104,86 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
             # the floor of global rankings: no layer loses more than 80 % of its channels
             max_pruning_ratio=0.8 if global_ranking else 1.0,
             iterative_steps=steps_total,
-            ignored_layers=_output_layers(model, classes),
+            ignored_layers=list(classifier),
             round_to=None,
         )
-        phase_steps = 0
-        while macs > target and phase_steps < steps_total:
+        phase_steps, overshoot = 0, False
+        while macs > target and phase_steps < steps_total and not overshoot:
             phase_steps += 1
+            positions = output_positions(model, example)
+            predicted = macs
             for group in pruner.step(interactive=True):
-                # Follow each channel's identity through the steps, for the per-layer report.
-                for dep, idxs in group:
-                    name = names.get(dep.layer)
-                    if removes_outputs(dep) and name in kept:
-                        drop = set(int(i) for i in idxs)
-                        kept[name] = [c for pos, c in enumerate(kept[name]) if pos not in drop]
+                drop = group_macs(group, positions)
+                if predicted - drop < floor:
+                    overshoot = True  # this group would carry the cut past the target: land instead
+                    continue
+                predicted -= drop
+                follow_removal(kept, group, names)
                 group.prune()
             macs, _ = count_torch(model, example)
         steps += phase_steps
+        if overshoot:
+            break
+    if macs > target:
+        steps += _land(model, example, importance, kept, names, classifier, target, floor, criterion.global_ranking)
+        macs, _ = count_torch(model, example)
     if macs > target * 1.02:
         raise ConfigError(
             f"could not remove {cfg.sparsity:.0%} of MACs with criterion {cfg.criterion} "
             f"(reached {1 - macs / macs0:.1%}); lower --sparsity"
         )
     macs1, params1 = count_torch(model, example)
-    after = _widths(model)
-    layers = [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
-    return PruneResult(model, macs0, macs1, params0, params1, layers, steps, kept, units, prepared, pre_report)
+    return PruneResult(model, macs0, macs1, params0, params1, _layers(before, widths(model)), steps, kept,
+                       step.record, source)
+
+
+def _layers(before: dict[str, int], after: dict[str, int]) -> list[dict]:
+    return [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
+
+
+def _land(model, example, importance, kept, names, classifier, target, floor, global_ranking) -> int:
+    """Remove single channels until the MACs are at most ``target`` without going below ``floor``.
+
+    Each round scores every group with the criterion's own importance and takes, among the
+    channels whose removal does not pass ``floor``, the one the criterion ranks lowest (for a
+    per-layer criterion, relative to its layer's mean score, since raw scores of different
+    layers are not comparable). If every candidate would pass ``floor``, the cheapest is taken.
+    """
+    import torch_pruning as tp
+
+    rounds = 0
+    macs = count_torch(model, example)[0]
+    while macs > target:
+        graph = tp.DependencyGraph().build_dependency(model, example)
+        positions = output_positions(model, example)
+        best, cheapest = None, None
+        for group in graph.get_all_groups(ignored_layers=list(classifier), root_module_types=list(PRUNABLE)):
+            if len(group[0].idxs) <= 1:
+                continue
+            scores = importance(group)
+            if scores is None:
+                continue
+            scores = scores.double()
+            c = int(scores.argmin())
+            rank = float(scores[c]) if global_ranking else float(scores[c] / scores.abs().mean().clamp_min(1e-12))
+            drop = float(group_channel_macs(group, positions)[c])
+            if drop <= 0:
+                continue
+            candidate = (rank, group, c, drop)
+            if macs - drop >= floor and (best is None or rank < best[0]):
+                best = candidate
+            if cheapest is None or drop < cheapest[3]:
+                cheapest = candidate
+        choice = best or cheapest
+        if choice is None:
+            break
+        _, group, c, _ = choice
+        root = group[0].dep
+        single = graph.get_pruning_group(root.target.module, root.handler, [c])
+        follow_removal(kept, single, names)
+        single.prune()
+        rounds += 1
+        macs = count_torch(model, example)[0]
+        if best is None:
+            break
+    return rounds

@@ -64,9 +64,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinyprune.errors import ConfigError
+from tinyprune.prune.groups import PRUNABLE, classifier_layers
 
 GATES = "vib_gates"  # attribute of a gated model holding its VibGates
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _EPS = 1e-8
 
@@ -213,19 +213,6 @@ def _units(m: nn.Module) -> int:
     return m.out_channels
 
 
-def output_layers(model: nn.Module, classes: int | None) -> list[str]:
-    """Names of the layers whose outputs are class scores (never gated): the last conv/linear
-    with ``classes`` outputs, or the last conv/linear when ``classes`` is None."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
-    if not layers:
-        return []
-    if classes is not None:
-        match = [n for n, m in layers if _units(m) == classes]
-        if match:
-            return match[-1:]
-    return [layers[-1][0]]
-
-
 def _bn_consumers(model: nn.Module, example: torch.Tensor | None) -> dict[str, str]:
     """conv/linear name -> name of the affine BatchNorm that is its output's only consumer."""
     names = {m: n for n, m in model.named_modules()}
@@ -273,7 +260,7 @@ def insert_gates(model: nn.Module, example: torch.Tensor | np.ndarray | None = N
         raise ConfigError("the model already has VIB gates")
     if isinstance(example, np.ndarray):
         example = torch.from_numpy(example)
-    skip = set(output_layers(model, classes))
+    skip = set(classifier_layers(model, classes))
     bn_after = _bn_consumers(model, example)
     modules = dict(model.named_modules())
     registry = VibGates()
@@ -524,7 +511,7 @@ def remove_channels(model: nn.Module, example: torch.Tensor, closed: dict[str, s
     """
     import torch_pruning as tp
 
-    from tinyprune.prune.criteria import removes_outputs
+    from tinyprune.prune.groups import removes_outputs
 
     model.eval()
     modules = dict(model.named_modules())
@@ -648,7 +635,7 @@ class VibImportance:
         self.kept: dict[str, list[int]] | None = None
 
     def __call__(self, group) -> torch.Tensor | None:
-        from tinyprune.prune.criteria import group_mean
+        from tinyprune.prune.groups import group_mean
 
         def scores_of(name):
             if name not in self.log_alpha:
@@ -660,26 +647,3 @@ class VibImportance:
         # Values may be negative; torch-pruning removes the lowest, across layers when the
         # ranking is global (log alpha is in the same units in every layer).
         return group_mean(self.model, group, scores_of)
-
-
-def config_from_prune(cfg) -> VibConfig:
-    """A VibConfig from the ``vib_*`` fields of a PruneConfig (defaults where a field is absent)."""
-    base = VibConfig()
-    return VibConfig(
-        gamma=getattr(cfg, "vib_gamma", base.gamma),
-        epochs=getattr(cfg, "vib_epochs", base.epochs),
-        threshold=getattr(cfg, "vib_threshold", base.threshold),
-        lr=getattr(cfg, "vib_lr", base.lr),
-        seed=getattr(cfg, "seed", base.seed),
-    )
-
-
-def prepare_vib(model: nn.Module, cfg, x_train: np.ndarray, y_train: np.ndarray, classes: int,
-                progress: Progress | None = None):
-    """The ``vib`` criterion's step before the MAC loop: VIB-train, threshold, remove, fold.
-
-    Returns ``(plain pruned model, kept, report)``; ``report["log_alpha"]`` feeds
-    :class:`VibImportance` for any further steps toward the MAC target.
-    """
-    pruned, report = vib_prune(model, x_train, y_train, config_from_prune(cfg), classes, progress)
-    return pruned, report["kept"], report

@@ -1,0 +1,28 @@
+from dataclasses import dataclass
+
+from tinyprune.errors import ConfigError
+from tinyprune.prune.protocol import Criterion, register
+
+ESTIMATORS = ("kde", "binning")
+
+
+@dataclass(frozen=True)
+class MiConfig:
+    estimator: str = "kde"  # per-channel I(T_c; Y): kde (Kolchinsky-Tracey bound) or binning
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"--mi-estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+
+
+@register
+class Mi(Criterion):
+    name = "mi"
+    description = "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking"
+    Config = MiConfig
+    global_ranking = True
+
+    def importance(self, model, ctx, step):
+        from tinyprune.prune.mi import MIImportance
+
+        return MIImportance(model, ctx.x, ctx.y, method=self.config.estimator)

@@ -1,0 +1,47 @@
+from dataclasses import dataclass
+
+from tinyprune.prune.protocol import Criterion, Step, register
+
+
+@dataclass(frozen=True)
+class VibOptions:
+    gamma: float = 5e-4  # KL weight per unit (larger removes more)
+    epochs: int = 10  # VIB training epochs
+    threshold: float = 0.0  # remove units with log(mu^2/sigma^2) below this (Dai et al. 2018: 0)
+    lr: float = 1e-3  # Adam learning rate of the network weights
+
+    def __post_init__(self):
+        from tinyprune.errors import ConfigError
+
+        if not self.gamma >= 0:
+            raise ConfigError(f"--vib-gamma must be >= 0, got {self.gamma}")
+        if self.epochs < 0:
+            raise ConfigError(f"--vib-epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"--vib-lr must be > 0, got {self.lr}")
+
+
+@register
+class Vib(Criterion):
+    name = "vib"
+    description = ("VIBNet (Dai et al. 2018): train information-bottleneck gates (--vib-gamma, --vib-epochs), "
+                   "remove units with log alpha < --vib-threshold, fold the gates; then lowest log alpha")
+    Config = VibOptions
+    global_ranking = True
+
+    def prepare(self, model, ctx):
+        from tinyprune.prune.vib import VibConfig, vib_prune
+
+        o = self.config
+        cfg = VibConfig(gamma=o.gamma, epochs=o.epochs, threshold=o.threshold, lr=o.lr, seed=ctx.seed)
+        x, y = ctx.train_data()
+        pruned, report = vib_prune(model, x, y, cfg, ctx.classes, ctx.progress)
+        self.log_alpha = report["log_alpha"]
+        # gates per layer, CE/KL history, |pruned - gated| check
+        return Step(pruned, report["kept"],
+                    {"prepared": {k: v for k, v in report.items() if k not in ("log_alpha", "kept")}})
+
+    def importance(self, model, ctx, step):
+        from tinyprune.prune.vib import VibImportance
+
+        return VibImportance(model, getattr(self, "log_alpha", {}))

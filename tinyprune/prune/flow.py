@@ -1,0 +1,172 @@
+"""The ``flow`` criterion: the information each channel delivers to the layers that read it.
+
+MIPP (Westphal et al.) keeps the nodes that preserve I(layer; next layer). Under a Gaussian
+model of the activations this has a closed form that needs no kernel matrix: the next layer
+receives channel c through its weights W[:, c], and what c adds on top of the other channels of
+its layer is its *conditional* variance given them, v_c = 1 / (Sigma^-1)_cc (the variance that
+the other channels cannot linearly predict; a channel that repeats others delivers nothing
+new). With the consumer's noise floor sigma_n^2, the information c adds to the next layer is
+
+    dI_c = 0.5 ln(1 + ||W[:, c]||^2 v_c / sigma_n^2)
+
+so within one layer channels rank by the delivered signal s_c = ||W[:, c]||^2 v_c. Across
+layers (one global ranking) each channel's signal is taken as a fraction of its layer's total
+and divided by the MACs the channel costs (its own filter plus its columns in the consumers):
+information lost per MAC saved. The covariances are over samples and spatial positions of the
+consumer's *input* (after activation and pooling), captured in one forward pass over the
+analysis samples; re-measured whenever another 10 % of the channels has gone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tinyprune.prune.groups import PRUNABLE as _LAYERS
+from tinyprune.prune.groups import consumer_macs, producer_macs, removes_inputs, removes_outputs
+
+RIDGE = 1e-3  # relative ridge on the covariance before inverting (constant channels, N < C)
+
+
+def conditional_variance(cov: torch.Tensor, conditional: bool = True) -> torch.Tensor:
+    """Diagonal of ``cov`` [C, C], or the conditional variances 1 / diag(cov^-1)."""
+    var = cov.diagonal().clamp_min(0)
+    if not conditional or cov.shape[0] == 1:
+        return var
+    ridge = RIDGE * var.mean().clamp_min(1e-12)
+    prec = torch.linalg.inv(cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype))
+    return (1.0 / prec.diagonal().clamp_min(1e-30)).clamp_max(var + ridge)
+
+
+def _input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict[str, dict]:
+    """Per conv/linear layer: covariance of its input channels (over samples and positions),
+    and its output's spatial size."""
+    acc: dict[str, dict] = {}
+    names = {m: n for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+
+    def hook(module, inputs, out):
+        t = inputs[0].detach().double()
+        if isinstance(module, nn.Linear):
+            flat = t.reshape(-1, t.shape[-1])
+            positions = flat.shape[0] // x_batch[0]
+        else:
+            flat = t.movedim(1, -1).reshape(-1, t.shape[1])
+            positions = flat.shape[0] // t.shape[0]
+        e = acc.setdefault(names[module], {"n": 0, "s": 0.0, "ss": 0.0})
+        e["n"] += flat.shape[0]
+        e["s"] = e["s"] + flat.sum(0)
+        e["ss"] = e["ss"] + flat.T @ flat
+        out_positions = out[0].numel() // out.shape[1] if not isinstance(module, nn.Linear) else 1
+        e["in_positions"], e["out_positions"] = positions, out_positions
+
+    x_batch = [0]
+    handles = [m.register_forward_hook(hook) for m in names]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
+                x_batch[0] = xb.shape[0]
+                model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    for e in acc.values():
+        mean = e["s"] / e["n"]
+        e["cov"] = e["ss"] / e["n"] - torch.outer(mean, mean)
+    return acc
+
+
+def _column_energy(module: nn.Module) -> torch.Tensor:
+    """||W[:, c]||^2 for every input channel c of a conv/linear layer."""
+    w = module.weight.detach().double()
+    if isinstance(module, nn.Linear):
+        return w.pow(2).sum(0)
+    groups = module.groups
+    per = w.pow(2).reshape(groups, w.shape[0] // groups, w.shape[1], -1).sum((1, 3))  # [groups, in/groups]
+    return per.reshape(-1)
+
+
+class _Stale(Exception):
+    pass
+
+
+class FlowImportance:
+    """torch-pruning importance: signal each channel delivers to its consumers (see module doc)."""
+
+    REMEASURE = 0.10
+
+    def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True,
+                 normalize: bool = True):
+        self.model, self.x = model, x
+        self.conditional, self.per_mac, self.normalize = conditional, per_mac, normalize
+        self.kept: dict[str, list[int]] | None = None
+        self._stats: dict[str, dict] | None = None
+        self._channels_then = 0
+        self._measured: dict[str, tuple[list[int], torch.Tensor]] = {}  # root layer -> (ids then, score)
+
+    def _channels(self) -> int:
+        return sum(m.weight.shape[0] for m in self.model.modules() if isinstance(m, _LAYERS))
+
+    def _stale(self) -> bool:
+        return self._stats is None or self._channels() <= (1 - self.REMEASURE) * self._channels_then
+
+    def _score(self, group) -> torch.Tensor | None:
+        names = {m: n for n, m in self.model.named_modules()}
+        n_root = len(group[0].idxs)
+        signal = torch.zeros(n_root, dtype=torch.float64)
+        macs = torch.zeros(n_root, dtype=torch.float64)
+        seen = False
+        for item in group:
+            dep = item.dep
+            layer = dep.layer
+            name = names.get(layer)
+            if not isinstance(layer, _LAYERS) or name not in self._stats:
+                continue
+            st = self._stats[name]
+            root = torch.as_tensor(item.root_idxs)
+            idx = torch.as_tensor(item.idxs)
+            if removes_inputs(dep):
+                energy = _column_energy(layer)
+                if st["cov"].shape[0] != energy.shape[0]:
+                    raise _Stale
+                s = conditional_variance(st["cov"], self.conditional) * energy
+                if self.normalize:
+                    s = s / s.sum().clamp_min(1e-30)
+                signal.index_add_(0, root, s[idx])
+                macs.index_add_(0, root, torch.full((len(idx),), consumer_macs(layer, st["out_positions"]),
+                                                    dtype=torch.float64))
+                seen = True
+            elif removes_outputs(dep):
+                macs.index_add_(0, root, torch.full((len(idx),), producer_macs(layer, st["out_positions"]),
+                                                    dtype=torch.float64))
+        if not seen:
+            return None
+        return signal / macs.clamp_min(1.0) if self.per_mac else signal
+
+    def __call__(self, group) -> torch.Tensor | None:
+        names = {m: n for n, m in self.model.named_modules()}
+        root_name = names.get(group[0].dep.target.module)
+        if self._stale():
+            self._stats = _input_stats(self.model, self.x)
+            self._channels_then = self._channels()
+            self._measured = {}
+        if root_name in self._measured and self.kept is not None and root_name in self.kept:
+            ids_then, score = self._measured[root_name]
+            pos = {c: i for i, c in enumerate(ids_then)}
+            ids_now = self.kept[root_name]
+            if all(c in pos for c in ids_now) and len(ids_now) == len(group[0].idxs):
+                return score[torch.tensor([pos[c] for c in ids_now])].float()
+        try:
+            score = self._score(group)
+        except _Stale:  # a layer changed since the last measurement
+            self._stats, self._measured = _input_stats(self.model, self.x), {}
+            self._channels_then = self._channels()
+            score = self._score(group)
+        if score is not None and root_name is not None:
+            ids = list(self.kept[root_name]) if self.kept and root_name in self.kept else list(range(len(score)))
+            self._measured[root_name] = (ids, score)
+        return None if score is None else score.float()
