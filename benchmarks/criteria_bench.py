@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from benchmarks.common import MODELS, REPO, load_dataset, markdown_table
 from tinyprune.config import FinetuneConfig, PruneConfig

@@ -134,6 +134,12 @@ class RunState:
         self.artifacts.extend(n for n in names if n not in self.artifacts)
 
 
+def torch_example(splits):
+    import torch
+
+    return torch.from_numpy(splits.x_train[:1])
+
+
 def _measure(model, state: RunState, **kw) -> dict:
     from tinyprune.measure.core import measure_stage
 
@@ -271,10 +277,38 @@ def export_stage(state: RunState, cfg: CompressConfig):
 
 
 def lut_stage(state: RunState, cfg: CompressConfig):
+    """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
     if state.deep is None:
         return state, []
-    i = state.int8
-    return state, _lut_stage(i["bytes"], i["xq"], i["y"], i["tflm_pred"], cfg, state)
+    int8_bytes, xq, y, int8_tflm_pred = (state.int8[k] for k in ("bytes", "xq", "y", "tflm_pred"))
+    from tinyprune.export import micro
+    from tinyprune.export.lut import lut_compress, verify_bit_exact
+    from tinyprune.measure.macs import count_tflite
+
+    t = time.perf_counter()
+    lut = lut_compress(int8_bytes, max_bits=cfg.deepcompress.bits)
+    check = verify_bit_exact(int8_bytes, lut.model, xq)
+    if not check["bit_exact"]:
+        raise ExportError(f"the LUT-compressed model differs from the int8 model in TFLM on "
+                          f"{check['samples_differing']} of {check['samples']} samples; please report this model")
+    state.write("model_int8_lut.tflite", lut.model)
+    source_cc, header = micro.c_array(lut.model, "g_model_lut_data", "model_lut_data.h")
+    state.write("model_lut_data.cc", source_cc)
+    state.write("model_lut_data.h", header)
+    counted = count_tflite(int8_bytes)  # the DECODE graph computes the same layers
+    return state, StageRecord(
+        "int8_lut", counted["params"], counted["macs"],
+        # outputs are bit-identical to the int8 model's in TFLM on these samples
+        float((int8_tflm_pred == y).mean()), time.perf_counter() - t,
+        flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
+        details={"lut": lut.to_dict(), "tflm_check": check,
+                 "measure": _measure(lut.model, state, arena_bytes=check["arena_after"]),
+                 "accuracy_measured_on": f"{check['samples']} held-out samples in TFLM"},
+    )
+
+
+ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2
+
 
 
 # The pipeline: each stage is (state, cfg) -> (state, StageRecord or list of them).
@@ -307,44 +341,6 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
     (tmp / "report.md").write_text(to_markdown(report))
     write_html(report.to_dict(), tmp / "report.html")
     return report
-
-
-def torch_example(splits):
-    import torch
-
-    return torch.from_numpy(splits.x_train[:1])
-
-
-def _lut_stage(int8_bytes: bytes, xq: np.ndarray, y: np.ndarray, int8_tflm_pred: np.ndarray, cfg,
-               state: RunState):
-    """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
-    from tinyprune.export import micro
-    from tinyprune.export.lut import lut_compress, verify_bit_exact
-    from tinyprune.measure.macs import count_tflite
-
-    t = time.perf_counter()
-    lut = lut_compress(int8_bytes, max_bits=cfg.deepcompress.bits)
-    check = verify_bit_exact(int8_bytes, lut.model, xq)
-    if not check["bit_exact"]:
-        raise ExportError(f"the LUT-compressed model differs from the int8 model in TFLM on "
-                          f"{check['samples_differing']} of {check['samples']} samples; please report this model")
-    state.write("model_int8_lut.tflite", lut.model)
-    source_cc, header = micro.c_array(lut.model, "g_model_lut_data", "model_lut_data.h")
-    state.write("model_lut_data.cc", source_cc)
-    state.write("model_lut_data.h", header)
-    counted = count_tflite(int8_bytes)  # the DECODE graph computes the same layers
-    return StageRecord(
-        "int8_lut", counted["params"], counted["macs"],
-        # outputs are bit-identical to the int8 model's in TFLM on these samples
-        float((int8_tflm_pred == y).mean()), time.perf_counter() - t,
-        flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
-        details={"lut": lut.to_dict(), "tflm_check": check,
-                 "measure": _measure(lut.model, state, arena_bytes=check["arena_after"]),
-                 "accuracy_measured_on": f"{check['samples']} held-out samples in TFLM"},
-    )
-
-
-ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2
 
 
 def analysis_set(splits) -> tuple[np.ndarray, np.ndarray]:

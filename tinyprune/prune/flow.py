@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from tinyprune.prune.groups import PRUNABLE as _LAYERS
-from tinyprune.prune.groups import consumer_macs, producer_macs, removes_inputs, removes_outputs
+from tinyprune.prune.groups import forward_with_hooks
+from tinyprune.prune.groups import group_channel_macs, removes_inputs
 
 RIDGE = 1e-3  # relative ridge on the covariance before inverting (constant channels, N < C)
 
@@ -43,37 +44,19 @@ def _input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict
     """Per conv/linear layer: covariance of its input channels (over samples and positions),
     and its output's spatial size."""
     acc: dict[str, dict] = {}
-    names = {m: n for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+    names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, out):
         t = inputs[0].detach().double()
-        if isinstance(module, nn.Linear):
-            flat = t.reshape(-1, t.shape[-1])
-            positions = flat.shape[0] // x_batch[0]
-        else:
-            flat = t.movedim(1, -1).reshape(-1, t.shape[1])
-            positions = flat.shape[0] // t.shape[0]
+        flat = t.reshape(-1, t.shape[-1]) if isinstance(module, nn.Linear) else t.movedim(1, -1).reshape(-1, t.shape[1])
         e = acc.setdefault(names[module], {"n": 0, "s": 0.0, "ss": 0.0})
         e["n"] += flat.shape[0]
         e["s"] = e["s"] + flat.sum(0)
         e["ss"] = e["ss"] + flat.T @ flat
-        out_positions = out[0].numel() // out.shape[1] if not isinstance(module, nn.Linear) else 1
-        e["in_positions"], e["out_positions"] = positions, out_positions
+        e["out_positions"] = 1 if isinstance(module, nn.Linear) else out[0].numel() // out.shape[1]
 
-    x_batch = [0]
-    handles = [m.register_forward_hook(hook) for m in names]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
-                x_batch[0] = xb.shape[0]
-                model(xb)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    batches = (torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size))
+    forward_with_hooks(model, batches, hook)
     for e in acc.values():
         mean = e["s"] / e["n"]
         e["cov"] = e["ss"] / e["n"] - torch.outer(mean, mean)
@@ -99,10 +82,9 @@ class FlowImportance:
 
     REMEASURE = 0.10
 
-    def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True,
-                 normalize: bool = True):
+    def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True):
         self.model, self.x = model, x
-        self.conditional, self.per_mac, self.normalize = conditional, per_mac, normalize
+        self.conditional, self.per_mac = conditional, per_mac
         self.kept: dict[str, list[int]] | None = None
         self._stats: dict[str, dict] | None = None
         self._channels_then = 0
@@ -116,36 +98,26 @@ class FlowImportance:
 
     def _score(self, group) -> torch.Tensor | None:
         names = {m: n for n, m in self.model.named_modules()}
-        n_root = len(group[0].idxs)
-        signal = torch.zeros(n_root, dtype=torch.float64)
-        macs = torch.zeros(n_root, dtype=torch.float64)
+        signal = torch.zeros(len(group[0].idxs), dtype=torch.float64)
         seen = False
         for item in group:
-            dep = item.dep
-            layer = dep.layer
-            name = names.get(layer)
-            if not isinstance(layer, _LAYERS) or name not in self._stats:
+            layer = item.dep.layer
+            if not (isinstance(layer, _LAYERS) and names.get(layer) in self._stats and removes_inputs(item.dep)):
                 continue
-            st = self._stats[name]
-            root = torch.as_tensor(item.root_idxs)
-            idx = torch.as_tensor(item.idxs)
-            if removes_inputs(dep):
-                energy = _column_energy(layer)
-                if st["cov"].shape[0] != energy.shape[0]:
-                    raise _Stale
-                s = conditional_variance(st["cov"], self.conditional) * energy
-                if self.normalize:
-                    s = s / s.sum().clamp_min(1e-30)
-                signal.index_add_(0, root, s[idx])
-                macs.index_add_(0, root, torch.full((len(idx),), consumer_macs(layer, st["out_positions"]),
-                                                    dtype=torch.float64))
-                seen = True
-            elif removes_outputs(dep):
-                macs.index_add_(0, root, torch.full((len(idx),), producer_macs(layer, st["out_positions"]),
-                                                    dtype=torch.float64))
+            cov = self._stats[names[layer]]["cov"]
+            energy = _column_energy(layer)
+            if cov.shape[0] != energy.shape[0]:
+                raise _Stale
+            s = conditional_variance(cov, self.conditional) * energy
+            s = s / s.sum().clamp_min(1e-30)  # the layer's share: comparable across layers
+            signal.index_add_(0, torch.as_tensor(item.root_idxs), s[torch.as_tensor(item.idxs)])
+            seen = True
         if not seen:
             return None
-        return signal / macs.clamp_min(1.0) if self.per_mac else signal
+        if not self.per_mac:
+            return signal
+        positions = {m: self._stats[n]["out_positions"] for m, n in names.items() if n in self._stats}
+        return signal / group_channel_macs(group, positions).clamp_min(1.0)
 
     def __call__(self, group) -> torch.Tensor | None:
         names = {m: n for n, m in self.model.named_modules()}

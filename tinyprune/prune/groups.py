@@ -77,6 +77,22 @@ def group_mean(model: nn.Module, group, scores_of):
     return None if total is None else total / count.clamp_min(1)
 
 
+def forward_with_hooks(model: nn.Module, batches, hook) -> None:
+    """Run ``batches`` (tensors) through ``model`` in eval mode without gradients, with
+    ``hook(module, inputs, output)`` on every prunable layer; the model's mode is restored."""
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def output_positions(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
     """Spatial positions of each prunable layer's output for one sample (1 for Linear)."""
     out: dict[nn.Module, int] = {}
@@ -84,13 +100,7 @@ def output_positions(model: nn.Module, example: torch.Tensor) -> dict[nn.Module,
     def hook(module, _inp, result):
         out[module] = 1 if isinstance(module, nn.Linear) else result[0].numel() // result.shape[1]
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, [example], hook)
     return out
 
 

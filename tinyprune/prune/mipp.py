@@ -88,7 +88,7 @@ import torch.nn as nn
 
 
 from tinyprune.errors import ConfigError
-from tinyprune.prune.groups import PRUNABLE, reinitialize
+from tinyprune.prune.groups import PRUNABLE, forward_with_hooks, reinitialize
 
 DEFAULT_SAMPLES = 300  # analysis samples (N x N Gram matrices)
 MARGIN_K = 1.0  # margin = MARGIN_K * std of the layer MI over the random subsets
@@ -117,20 +117,13 @@ def _fn_name(dep) -> str:
 
 
 def _call_order(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    names = {m: n for n, m in model.named_modules()}
     order: dict[str, int] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, PRUNABLE):
-            def hook(mod, args, out, n=name):
-                order.setdefault(n, len(order))  # returns None: the output is left alone
 
-            handles.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
+    def hook(mod, args, out):
+        order.setdefault(names[mod], len(order))  # returns None: a hook's return value replaces the output
+
+    forward_with_hooks(model, [example], hook)
     return order
 
 

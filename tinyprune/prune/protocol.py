@@ -62,7 +62,6 @@ class Criterion:
     description: ClassVar[str]
     Config: ClassVar[type] = NoOptions
     global_ranking: ClassVar[bool] = False  # one ranking across layers, or the same ratio per layer
-    labels: ClassVar[bool] = True  # whether it reads the labels
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

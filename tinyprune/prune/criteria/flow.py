@@ -16,7 +16,6 @@ class Flow(Criterion):
                    "rest of its layer), per MAC saved; one global ranking")
     Config = FlowConfig
     global_ranking = True
-    labels = False
 
     def importance(self, model, ctx, step):
         from tinyprune.prune.flow import FlowImportance

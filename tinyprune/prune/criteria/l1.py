@@ -5,7 +5,6 @@ from tinyprune.prune.protocol import Criterion, register
 class L1(Criterion):
     name = "l1"
     description = "L1 norm of each filter (Li et al. 2016), same ratio in every layer"
-    labels = False
 
     def importance(self, model, ctx, step):
         import torch.nn as nn

@@ -5,7 +5,6 @@ from tinyprune.prune.protocol import Criterion, register
 class Random(Criterion):
     name = "random"
     description = "uniformly random channels, same ratio in every layer (baseline)"
-    labels = False
 
     def importance(self, model, ctx, step):
         import torch_pruning as tp
