@@ -11,7 +11,8 @@ from tinyprune.data import prepare
 from tinyprune.errors import ConfigError
 from tinyprune.information import renyi_mi
 from tinyprune.measure.macs import count_torch
-from tinyprune.prune.mipp import RenyiMI, _zscore, mipp_masks, mipp_pre_step, mipp_prune, terc_layer, weight_count
+from tinyprune.prune.mipp import mipp_masks, mipp_pre_step, mipp_prune, weight_count
+from tinyprune.prune.terc import RenyiMI, _zscore, terc_layer
 from tinyprune.testing.models import MODELS
 from tinyprune.train import accuracy, fit
 

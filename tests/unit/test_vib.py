@@ -13,19 +13,8 @@ from tinyprune.config import DataConfig
 from tinyprune.data import prepare
 from tinyprune.errors import ConfigError
 from tinyprune.lift import lift_graph
-from tinyprune.prune.vib import (
-    GATES,
-    Gate,
-    VibConfig,
-    VibImportance,
-    gate_stats,
-    gates_of,
-    insert_gates,
-    kl_total,
-    remove_gates,
-    train_vib,
-    vib_prune,
-)
+from tinyprune.prune.vib import VibConfig, VibImportance, gate_stats, kl_total, train_vib, vib_prune
+from tinyprune.prune.vib_gates import GATES, Gate, gates_of, insert_gates, remove_gates
 from tinyprune.testing import MODELS
 
 
