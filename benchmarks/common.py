@@ -88,7 +88,20 @@ def vgg_small() -> nn.Module:
     )
 
 
-MODELS = {"lenet5": lenet5, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "vgg_small": vgg_small}
+def ds_cnn() -> nn.Module:
+    """A depthwise-separable CNN (MobileNet-v1 / MLPerf Tiny DS-CNN family) on 1x28x28."""
+    def ds(cin, cout, stride):
+        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        *ds(32, 64, 1), *ds(64, 128, 2), *ds(128, 128, 1), *ds(128, 128, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    )
+
+
+MODELS = {"lenet5": lenet5, "ds_cnn": ds_cnn, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "vgg_small": vgg_small}
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

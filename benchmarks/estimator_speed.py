@@ -48,7 +48,7 @@ def main() -> None:
     for method in args.methods.split(","):
         reps = 1 if method == "renyi" else 3
         t = timed(lambda: [channel_mi(a, y, method=method) for a in acts.values()], repeats=reps)
-        rows.append([f"channel_mi {method}", f"{t:.2f}", f"{t / t_matmul:.0f}"])
+        rows.append([f"channel_mi {method}", f"{t:.2f}", f"{t / t_matmul:.1f}"])
         print(rows[-1], flush=True)
     print(f"ResNet-8, {len(acts)} layers, {channels} channels, N = {len(x)}, one thread")
     print(markdown_table(["step", "seconds", "x matmul"], rows))

@@ -428,7 +428,7 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
         })
     result = {
         "schema_version": 1, "tool_version": __version__, "model": str(source.path), "format": loaded.format,
-        "estimator": "kde (Kolchinsky-Tracey upper bound), spatial mean per channel, nats",
+        "estimator": "kde-binned (Kolchinsky-Tracey upper bound, binned FFT kernel sums), spatial mean per channel, nats",
         "label_entropy": float(_label_entropy(y)), "samples": int(len(x)),
         "seconds": time.perf_counter() - t, "layers": layers,
     }

@@ -31,7 +31,7 @@ def test_every_criterion_builds_from_its_frozen_config():
 def test_flags_follow_from_the_configs():
     flags = protocol.option_flags()
     assert flags["--vib-gamma"] == ("vib", "gamma", 5e-4)
-    assert flags["--mi-estimator"] == ("mi", "estimator", "kde")
+    assert flags["--mi-estimator"] == ("mi", "estimator", "kde-binned")
     cfg = PruneConfig(criterion="vib", options={"gamma": "0.01", "epochs": 3})
     assert cfg.options.gamma == 0.01 and cfg.options.epochs == 3
 
@@ -41,7 +41,7 @@ def test_flags_follow_from_the_configs():
     ("l1", {"gamma": 1.0}, "--l1-gamma is not an option of --criterion l1 .*belongs to --criterion vib"),
     ("vib", {"epochs": -1}, "--vib-epochs must be >= 0"),
     ("vib", {"gamma": "x"}, "--vib-gamma must be a number"),
-    ("mi", {"estimator": "histogram"}, "--mi-estimator must be one of kde, binning"),
+    ("mi", {"estimator": "histogram"}, "--mi-estimator must be one of kde-binned, kde, binning"),
 ])
 def test_bad_criterion_settings_are_one_line_config_errors(criterion, options, message):
     with pytest.raises(ConfigError, match=message):
@@ -143,3 +143,15 @@ def test_a_new_criterion_is_one_registered_class(mlp_data):
     # kept ids follow the channels: the remaining rows are the original rows with those ids
     assert torch.equal(res.model[1].weight, model[1].weight[res.kept["1"]])
     assert np.isfinite(res.model[1].weight.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros(200, dtype=np.int64), "needs at least 2 classes in its 200 samples, found 1"),
+    (np.r_[np.zeros(199, dtype=np.int64), [1]], "class 1 has 1 of 200"),
+])
+def test_mi_analysis_rejects_labels_it_cannot_use(mlp_data, labels, message):
+    from tinyprune.errors import DataError
+
+    model, splits = mlp_data
+    with pytest.raises(DataError, match=message):
+        prune_to_macs(model, PruneConfig(criterion="mi", sparsity=0.3), splits.x_train[:200], labels, 10)

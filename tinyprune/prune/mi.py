@@ -25,10 +25,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tinyprune.errors import DataError
 from tinyprune.prune.groups import PRUNABLE as _PRUNABLE
 from tinyprune.prune.groups import group_mean
 
 BETA = 1.0  # weight of the redundancy term
+# the KDE upper bound by binned FFT kernel sums: equal to "kde" within 0.01 nats, O(N) per channel
+ESTIMATOR = "kde-binned"
 
 
 def redundancy_discount(acts: torch.Tensor, relevance: torch.Tensor, beta: float = BETA) -> torch.Tensor:
@@ -42,7 +45,7 @@ def redundancy_discount(acts: torch.Tensor, relevance: torch.Tensor, beta: float
     return torch.exp(-beta * mi_gauss)
 
 
-def layer_scores(acts: torch.Tensor, y: np.ndarray, method: str = "kde", beta: float = BETA) -> dict:
+def layer_scores(acts: torch.Tensor, y: np.ndarray, method: str = ESTIMATOR, beta: float = BETA) -> dict:
     from tinyprune.information import channel_mi
 
     relevance = torch.as_tensor(channel_mi(acts, y, method=method), dtype=torch.float64)
@@ -54,12 +57,26 @@ def layer_scores(acts: torch.Tensor, y: np.ndarray, method: str = "kde", beta: f
     return {"relevance": relevance, "score": score / score.max().clamp_min(1e-12)}
 
 
+def check_labels(y: np.ndarray) -> None:
+    """MI with the label needs at least two classes, each with two samples or more."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64))
+    present = counts[counts > 0]
+    if len(present) < 2:
+        raise DataError(f"the MI analysis needs at least 2 classes in its {len(y)} samples, found {len(present)}; "
+                        "pass more varied data or use --criterion l1 or flow (no labels needed)")
+    if present.min() < 2:
+        rare = int(np.flatnonzero(counts == present.min())[0])
+        raise DataError(f"the MI analysis needs at least 2 samples of every class; class {rare} has "
+                        f"{int(present.min())} of {len(y)}: pass more data")
+
+
 class MIImportance:
     """torch-pruning importance: per-channel MI scores of the group's conv/linear outputs."""
 
     REMEASURE = 0.10  # re-measure after this fraction of the channels has gone
 
-    def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = "kde", beta: float = BETA):
+    def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR, beta: float = BETA):
+        check_labels(y)
         self.model, self.x, self.y = model, x, y
         self.method, self.beta = method, beta
         self.kept: dict[str, list[int]] | None = None  # channel identities, kept up to date by the pruner
@@ -103,7 +120,7 @@ class MIImportance:
         return group_mean(self.model, group, scores_of)
 
 
-def model_channel_mi(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = "kde") -> dict[str, dict]:
+def model_channel_mi(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR) -> dict[str, dict]:
     """Per prunable layer: relevance I(T_c;Y) and redundancy-discounted score of every channel."""
     from tinyprune.information import capture_activations
 
