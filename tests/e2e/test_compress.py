@@ -51,7 +51,7 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert sorted(p.name for p in out.iterdir()) == expected
     assert sorted(a.rsplit("/", 1)[-1] for a in report["artifacts"]) == expected
     assert report == json.loads((out / "report.json").read_text())
-    from tinyprune.report.jsonschema_lite import validate
+    from tinyprune.report.schema import validate
 
     validate(report)  # the documented JSON Schema (tinyprune/report/schema.json)
     assert "<img" in (out / "report.html").read_text()

@@ -32,7 +32,7 @@ def test_measure_pytorch_as_int8_through_the_real_export(tmp_path):
     """PyTorch .pt2 -> ONNX -> onnx2tf int8 -> measured in TFLM; MACs equal FlopCounterMode's on the torch model."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tinyprune.report.jsonschema_lite import errors, report_schema
+    from tinyprune.report.schema import errors, report_schema
 
     model = MODELS["dw_residual"]().eval()  # depthwise conv + residual add, saved as a torch.export program
     path = tmp_path / "dw.pt2"

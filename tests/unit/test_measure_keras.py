@@ -136,7 +136,7 @@ def test_macs_and_params_match_the_keras_definition(keras_models, expected, name
 def test_measure_int8_tflite_end_to_end(keras_models, expected):
     from tinyprune.export.micro import _run
     from tinyprune.measure.core import measure_file
-    from tinyprune.report.jsonschema_lite import errors, report_schema
+    from tinyprune.report.schema import errors, report_schema
 
     path = keras_models / "cnn_int8.tflite"
     r = measure_file(path, "cortex-m4", repeats=8)
