@@ -1,4 +1,4 @@
-"""Binning (plug-in) estimator of entropy and mutual information (Shwartz-Ziv & Tishby; seed 004).
+"""Binning (plug-in) estimator of entropy and mutual information (Shwartz-Ziv & Tishby 2017; Tewary 2023).
 
 Each dimension is cut into ``bins`` equal-width bins, each sample's vector of bin indices is one
 discrete symbol, and MI is computed from the empirical joint histogram:
@@ -7,7 +7,7 @@ variables, which is at most H(Y) for labels; it is exact (up to sampling) when T
 of Y that the bins resolve.
 
 Bin edges: by default the observed [min, max] of each dimension; ``value_range=(lo, hi)`` fixes
-them instead (seed 004 maps activations to [-1, 1] with tanh and bins that range; values
+them instead (Tewary (2023) maps activations to [-1, 1] with tanh and bins that range; values
 outside are clipped into the end bins). A continuous ``y`` is binned the same way.
 
 Bias: the plug-in MI of independent variables is positive, about

@@ -1,7 +1,7 @@
 """Kolchinsky-Tracey pairwise-distance bounds on the entropy and MI of a Gaussian mixture.
 
 Model. Each sample ``h_i`` is the centre of an isotropic Gaussian of variance ``s^2`` per
-dimension, with weight 1/N (Saxe et al. 2018, Kolchinsky & Tracey 2017, seed 001). The
+dimension, with weight 1/N (Saxe et al. 2018, Kolchinsky & Tracey 2017, as Soltani et al. use it). The
 quantities bounded are those of this *mixture*, i.e. of the noisy variable ``T + s*Z`` with T
 drawn uniformly from the samples. With labels the noisy variable is ``T + s*Z`` against Y; with a
 continuous ``y`` the mixture is over the concatenated ``(t_i, y_i)``, so the MI bounded is
@@ -12,7 +12,7 @@ well defined, finite MIs of a noisy channel (what the information-plane papers p
 Bounds (Kolchinsky & Tracey 2017, eqs. with D = pairwise divergence between components):
 ``H <= H(component) - (1/N) sum_i ln[(1/N) sum_j exp(-KL_ij)]``,  KL_ij = |h_i-h_j|^2/(2 s^2);
 ``H >= H(component) - (1/N) sum_i ln[(1/N) sum_j exp(-BD_ij)]``,  BD_ij = |h_i-h_j|^2/(8 s^2)
-(Bhattacharyya, the "1/4" of seed 001). ``H(component) = d/2 ln(2 pi e s^2)`` is the same in
+(Bhattacharyya, the "1/4" of Soltani et al.). ``H(component) = d/2 ln(2 pi e s^2)`` is the same in
 every term of an MI and cancels.
 
 MI with labels: ``I(T;Y) = H(T) - sum_k p_k H(T|Y=k)``, each term a mixture entropy over the
@@ -30,7 +30,7 @@ samples of class k. MI with continuous y: ``I = H(T) + H(Y) - H(T,Y)``, each on 
 - ``"mixture_upper"`` / ``"mixture_lower"``: KL on the positive terms and Bhattacharyya on the
   negative ones (and the reverse): rigorous bounds on the MI of the mixture, with
   ``mixture_lower <= lower, upper <= mixture_upper`` by construction (before clipping). ``"mixture_upper"`` with
-  labels is seed 001's MSPIC formula. Clipped to ``[0, H(Y)]`` for labels and at 0 otherwise
+  labels is Soltani et al.'s MSPIC formula. Clipped to ``[0, H(Y)]`` for labels and at 0 otherwise
   (those are bounds too). They are tight only when samples form tight clusters; for smooth
   data each term is loose by about ``d/2 ln 4``, so they are usually ``0`` and ``H(Y)``.
 

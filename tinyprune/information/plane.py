@@ -1,7 +1,7 @@
-"""The information plane: I(X;T) against I(T;Y) per layer, recorded epoch by epoch (seed 004).
+"""The information plane: I(X;T) against I(T;Y) per layer, recorded epoch by epoch (Tewary 2023).
 
 Shwartz-Ziv & Tishby (2017) plot, for every hidden representation T of a network, the MI with
-the input X and with the label Y while it trains; seed 004 does it before and after pruning.
+the input X and with the label Y while it trains; Tewary (2023) does it before and after pruning.
 :class:`PlaneRecorder` measures both on a fixed sample (x, y) each time :meth:`record` is
 called; :func:`record_during_finetune` trains one epoch at a time and records after each (epoch
 0: before training); :func:`plot_plane` draws one curve per layer, coloured by epoch. All in
@@ -9,9 +9,9 @@ nats, on the empirical distribution of the N samples (X uniform over them).
 
 Two estimators (``methods``):
 
-* ``"binning"`` (seed 004, Shwartz-Ziv & Tishby): every coordinate of T cut into ``bins``
+* ``"binning"`` (Shwartz-Ziv & Tishby 2017; Tewary 2023): every coordinate of T cut into ``bins``
   equal-width bins over one range per layer and record (``binning_range="layer"``: the
-  layer's min..max on the sample; ``"tanh"``: squash with tanh and bin [-1, 1], seed 004's
+  layer's min..max on the sample; ``"tanh"``: squash with tanh and bin [-1, 1], Tewary's (2023)
   mapping for unbounded activations; or a fixed ``(low, high)``); each sample's bin vector is
   one symbol. The input is binned the same way over its own range. Then
   ``I(X;T) = H(X_b) + H(T_b) - H(X_b, T_b)`` and ``I(T;Y) = H(T_b) + H(Y) - H(T_b, Y)``

@@ -1,4 +1,4 @@
-"""Matrix-based Renyi alpha-order entropy and MI (Sanchez Giraldo et al. 2015; Yu et al. 2020; seed 000).
+"""Matrix-based Renyi alpha-order entropy and MI (Sanchez Giraldo et al. 2015; Yu et al. 2020).
 
 For a variable sampled N times, ``K`` is its Gram matrix with a Gaussian kernel
 (``K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2))``, so ``K_ii = 1``) and ``A = K / trace(K) = K / N``.

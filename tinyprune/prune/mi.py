@@ -1,6 +1,7 @@
 """The ``mi`` criterion: channels ranked by the information they carry about the labels.
 
-Score of channel c of a layer (seed 000's relevance-with-redundancy view, seed 001's estimator):
+Score of channel c of a layer (the relevance-with-redundancy view of the essay "Informational
+Theoretical Neural Network Pruning" in shared/seeds, with Soltani et al.'s estimator):
 
     score_c = I(T_c; Y) * exp(-beta * I_G(T_c; T_c*))
 

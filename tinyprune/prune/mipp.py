@@ -1,4 +1,4 @@
-"""MIPP: Mutual-Information-Preserving Pruning with the Transfer Entropy Redundancy Criterion (seed 002).
+"""MIPP: Mutual-Information-Preserving Pruning with the Transfer Entropy Redundancy Criterion (Westphal, Hailes & Musolesi).
 
 Westphal, Hailes & Musolesi prune the nodes (conv channels, linear neurons) of each layer so
 that the pruned layer still carries the information the next layer's activations hold about

@@ -1,4 +1,4 @@
-"""Skip-unit pruning: MSPIC, Multi-Stage Pruning with Information Clustering (seed 001, Algorithm 1).
+"""Skip-unit pruning: MSPIC, Multi-Stage Pruning with Information Clustering (Soltani et al., Algorithm 1).
 
 A skip-unit is a block whose output combines a computed branch T_l with its input: a residual
 add ``U_l = a_l T_l + A(U_{l-1})`` (ResNet) or a concatenation ``Concat(a_l T_l, U_{l-1})``
