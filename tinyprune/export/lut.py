@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tinyprune.capture import captured_output
+from tinyprune.fd_output import captured_output
 from tinyprune.errors import ConfigError, DataError, ExportError
 
 # Ops whose weight is op["inputs"][1], by layer kind. Their output channels are axis 0 of

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinyprune.capture import captured_output
+from tinyprune.fd_output import captured_output
 from tinyprune.errors import ExportError
 
 INPUT_NAME = "input"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyprune.capture import captured_output
+from tinyprune.fd_output import captured_output
 from tinyprune.errors import ExportError
 from tinyprune.export.onnx import INPUT_NAME
 

@@ -98,7 +98,7 @@ def _repeat(run, repeats: int, warmup: int, budget_s: float) -> list[float]:
 def time_litert(model_bytes: bytes, repeats: int = 50, warmup: int = 5, budget_s: float = 5.0) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
-    from tinyprune.capture import captured_output
+    from tinyprune.fd_output import captured_output
 
     with captured_output():
         it = Interpreter(model_content=model_bytes, num_threads=1)
