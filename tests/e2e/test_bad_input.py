@@ -139,7 +139,7 @@ def test_bad_option_values(capsys):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_unpack_rejects_damaged_archives(capsys, tmp_path, damage):
     from tinyprune.deepcompress.archive import pack
-    from tinyprune.deepcompress.quantize import cluster_model
+    from tinyprune.deepcompress.weight_sharing import cluster_model
 
     model = MODELS["mlp"]().eval()
     data = bytearray(pack(cluster_model(model, bits="4"), {}))

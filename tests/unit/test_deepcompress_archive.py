@@ -14,7 +14,7 @@ from tinyprune.deepcompress import (
 )
 from tinyprune.deepcompress.archive import MAGIC, VERSION, pack_layer
 from tinyprune.deepcompress.huffman import encode_layer
-from tinyprune.deepcompress.prune import apply_masks
+from tinyprune.deepcompress.magnitude import apply_masks
 from tinyprune.errors import InputError
 
 

@@ -17,14 +17,14 @@ from tinyprune.deepcompress.errors import ArchiveError
 from tinyprune.deepcompress.huffman import (
     DEFAULT_GAP_BITS, EncodedLayer, HuffmanTable, StreamStats, encode_layer, encode_sparse, entropy,
 )
-from tinyprune.deepcompress.prune import (
+from tinyprune.deepcompress.magnitude import (
     MaskKeeper, apply_masks, finetune_pruned, keep_masks, magnitude_masks, weight_layers,
 )
-from tinyprune.deepcompress.quantize import (
+from tinyprune.deepcompress.weight_sharing import (
     BitsSpec, ClusteredLayer, cluster_model, cluster_weight, finetune_centroids, grouped_gradient, kmeans_1d,
     linear_init, parse_bits,
 )
-from tinyprune.deepcompress.report import LayerReport, compression_table, layer_report
+from tinyprune.deepcompress.tables import LayerReport, compression_table, layer_report
 
 __all__ = [
     "ArchiveError", "BitsSpec", "ClusteredLayer", "DEFAULT_GAP_BITS", "EncodedLayer", "HuffmanTable",

@@ -34,7 +34,7 @@ from bitarray import bitarray, frozenbitarray
 
 from tinyprune.deepcompress.errors import ArchiveError
 from tinyprune.deepcompress.huffman import DEFAULT_GAP_BITS, EncodedLayer, HuffmanTable, encode_layer
-from tinyprune.deepcompress.quantize import ClusteredLayer
+from tinyprune.deepcompress.weight_sharing import ClusteredLayer
 from tinyprune.errors import InputError
 
 MAGIC = b"TPZ1"

@@ -17,7 +17,7 @@ from bitarray import bitarray, frozenbitarray
 from bitarray.util import canonical_decode, canonical_huffman
 
 from tinyprune.deepcompress.errors import ArchiveError
-from tinyprune.deepcompress.quantize import MAX_BITS, BitsSpec, ClusteredLayer, parse_bits
+from tinyprune.deepcompress.weight_sharing import MAX_BITS, BitsSpec, ClusteredLayer, parse_bits
 from tinyprune.deepcompress.sparse import count_fillers, decode_gaps, encode_gaps
 from tinyprune.errors import InputError
 

@@ -31,11 +31,11 @@ import torch.nn as nn
 from tinyprune.config import FinetuneConfig
 from tinyprune.deepcompress.archive import model_tensors, pack, unpack
 from tinyprune.deepcompress.huffman import DEFAULT_GAP_BITS, EncodedLayer, encode_layer
-from tinyprune.deepcompress.prune import apply_masks, keep_masks, magnitude_masks, weight_layers
-from tinyprune.deepcompress.quantize import (
+from tinyprune.deepcompress.magnitude import apply_masks, keep_masks, magnitude_masks, weight_layers
+from tinyprune.deepcompress.weight_sharing import (
     BitsSpec, ClusteredLayer, cluster_model, finetune_centroids, index_dtype, kmeans_1d, parse_bits,
 )
-from tinyprune.deepcompress.report import compression_table
+from tinyprune.deepcompress.tables import compression_table
 from tinyprune.errors import ConfigError, DataError, ExportError
 from tinyprune.measure.macs import count_torch
 from tinyprune.report.records import StageRecord

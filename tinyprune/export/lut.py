@@ -94,7 +94,7 @@ class LutResult:
 
 def _limits(max_bits) -> dict[str, int]:
     """``max_bits`` -> index width limit per op kind ("conv", "fc") and per op name."""
-    from tinyprune.deepcompress.quantize import BitsSpec, parse_bits
+    from tinyprune.deepcompress.weight_sharing import BitsSpec, parse_bits
 
     if isinstance(max_bits, (str, BitsSpec)):
         spec = parse_bits(max_bits, "max bits")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tinyprune.deepcompress.prune import (
+from tinyprune.deepcompress.magnitude import (
     apply_masks, finetune_pruned, keep_masks, magnitude_masks, sparsity, weight_layers,
 )
 from tinyprune.errors import ConfigError

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tinyprune.deepcompress.prune import apply_masks, magnitude_masks
-from tinyprune.deepcompress.quantize import (
+from tinyprune.deepcompress.magnitude import apply_masks, magnitude_masks
+from tinyprune.deepcompress.weight_sharing import (
     BitsSpec, centroid_step, cluster_model, cluster_weight, finetune_centroids, grouped_gradient, kmeans_1d,
     linear_init, parse_bits,
 )

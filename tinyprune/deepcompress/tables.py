@@ -9,7 +9,7 @@ import numpy as np
 
 from tinyprune.deepcompress.archive import pack_layer, paper_ratio
 from tinyprune.deepcompress.huffman import DEFAULT_GAP_BITS, EncodedLayer, encode_layer
-from tinyprune.deepcompress.quantize import ClusteredLayer
+from tinyprune.deepcompress.weight_sharing import ClusteredLayer
 
 
 @dataclass(frozen=True)

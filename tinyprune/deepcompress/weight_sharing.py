@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinyprune.deepcompress.prune import weight_layers
+from tinyprune.deepcompress.magnitude import weight_layers
 from tinyprune.errors import ConfigError, DataError, InputError
 
 MAX_BITS = 15  # indices are stored as int16 above 8 bits
@@ -195,7 +195,7 @@ def cluster_model(model: nn.Module, bits: "str | int | BitsSpec" = "conv=8,fc=5"
                   masks: Mapping[str, torch.Tensor] | None = None, max_iter: int = 1000) -> list[ClusteredLayer]:
     """Cluster every Conv/Linear weight and write ``codebook[index]`` back into ``model``.
 
-    ``masks`` (from :mod:`tinyprune.deepcompress.prune`) marks the kept weights; a layer
+    ``masks`` (from :mod:`tinyprune.deepcompress.magnitude`) marks the kept weights; a layer
     without one treats its exact zeros as pruned.
     """
     spec = parse_bits(bits)
