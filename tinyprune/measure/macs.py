@@ -26,30 +26,21 @@ import torch.nn as nn
 def count_torch(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """(MACs, parameters) of ``model`` for one input sample.
 
-    MACs are counted with forward hooks on the conv and linear modules, by the same rule as
-    ``count_tflite`` uses on the exported graph, so the two agree once batch norm is folded.
-    Parameters are every parameter of the model (batch-norm scales included).
+    MACs are PyTorch's own count (``torch.utils.flop_counter``, FLOPs / 2) of the ops executed:
+    convolutions of any dimension (transposed too), linear layers and functional matmuls. For
+    conv/linear models this is the rule ``count_tflite`` applies to the exported graph, so the
+    two agree once batch norm is folded. Parameters are every parameter of the model (batch-norm
+    scales included).
     """
-    macs = 0
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def hook(module, inputs, output):
-        nonlocal macs
-        per_sample = output.numel() // output.shape[0]
-        if isinstance(module, nn.Linear):
-            macs += per_sample * module.in_features
-        else:
-            macs += per_sample * (module.in_channels // module.groups) * int(np.prod(module.kernel_size))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    was_training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.eval()(example[:1])
     finally:
-        for h in handles:
-            h.remove()
-    return int(macs), int(sum(p.numel() for p in model.parameters()))
-
+        model.train(was_training)
+    return int(counter.get_total_flops() // 2), int(sum(p.numel() for p in model.parameters()))
 
 
 def _layer(index, name, op, kind, in_shapes, out_shapes, dtype, params, macs, elements, weight_bytes,
