@@ -101,7 +101,47 @@ def ds_cnn() -> nn.Module:
     )
 
 
-MODELS = {"lenet5": lenet5, "ds_cnn": ds_cnn, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "vgg_small": vgg_small}
+class DenseUnit(nn.Module):
+    """DenseNet's pre-activation unit (BN-ReLU-conv on the concatenated input); output appended."""
+
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv(torch.relu(self.bn(x)))], dim=1)
+
+
+class DenseNetSmall(nn.Module):
+    """A DenseNet-style net (Huang et al. 2017): two dense blocks of three concatenation units."""
+
+    def __init__(self, growth: int = 12, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        c = 16
+        units = []
+        for _ in range(3):
+            units.append(DenseUnit(c, growth))
+            c += growth
+        self.block1 = nn.Sequential(*units)
+        self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2))
+        c //= 2
+        units = []
+        for _ in range(3):
+            units.append(DenseUnit(c, growth))
+            c += growth
+        self.block2 = nn.Sequential(*units)
+        self.norm = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = self.block2(self.trans(self.block1(self.stem(x))))
+        return self.fc(torch.relu(self.norm(x)).mean((2, 3)))
+
+
+MODELS = {"lenet5": lenet5, "ds_cnn": ds_cnn, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "vgg_small": vgg_small,
+          "densenet": DenseNetSmall}
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -65,8 +65,8 @@ def main() -> None:
     lut = lut_compress(int8, max_bits=paper["bits"])
     io = tflite.io_details(int8)
     xq = tflite.quantize(tflite.to_device_layout(xte[:args.tflm_samples]), io["input"]["scale"], io["input"]["zero_point"])
-    check = verify_bit_exact(int8, lut.model, xq)
-    out = micro.tflm_outputs(lut.model, xq, check["arena_after"]).reshape(len(xq), -1)
+    check, out = verify_bit_exact(int8, lut.model, xq)
+    out = out.reshape(len(xq), -1)
     tflm_err = 100 * (1 - (out.argmax(1) == yte[:len(xq)]).mean())
 
     rows = [

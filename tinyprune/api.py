@@ -25,6 +25,8 @@ from tinyprune.report import Report, StageRecord, to_markdown
 from tinyprune.train import Progress, _quiet
 
 TIMING_REPEATS = 10
+# float -> int8 accuracy change (points) beyond which the console names the layer that lost most SQNR
+FIDELITY_TOLERANCE_POINTS = 0.5
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,15 @@ def deepcompress_stage(state: RunState, cfg: CompressConfig):
     return state, state.deep.records
 
 
+def _last_float_accuracy(state: RunState) -> float:
+    return next(r.accuracy for r in reversed(state.records) if r.accuracy is not None)
+
+
 def export_stage(state: RunState, cfg: CompressConfig):
     import torch
 
-    from tinyprune.export import micro, tflite
+    from tinyprune.export import micro, tflite, verify
+    from tinyprune.export.fidelity import compare_layers
     from tinyprune.export.onnx import export_onnx
     from tinyprune.measure.core import unsupported_tflite_ops
     from tinyprune.measure.macs import count_tflite
@@ -242,34 +249,38 @@ def export_stage(state: RunState, cfg: CompressConfig):
     state.declare("model.onnx")
     int8_bytes = tflite.to_int8_tflite(tmp / "model.onnx", splits.x_calib, tmp / "_work")
     shutil.rmtree(tmp / "_work")
-    state.write("model_int8.tflite", int8_bytes)
     io = tflite.io_details(int8_bytes)
-    int8_pred = tflite.litert_predict(int8_bytes, splits.x_eval)
-    int8_acc = float((int8_pred == splits.y_eval).mean())
-
-    xq = tflite.quantize(tflite.to_device_layout(splits.x_eval), io["input"]["scale"], io["input"]["zero_point"])
     missing = unsupported_tflite_ops(int8_bytes, target)
     if missing:
         raise UnsupportedOp(f"the int8 model uses op(s) that {target.name}'s TFLM runtime lacks: {', '.join(missing)}")
+    xq = tflite.device_input(int8_bytes, splits.x_eval)
     arena = micro.smallest_arena(int8_bytes, xq[:1])
-    n_check = min(cfg.export.tflm_check_samples, len(xq))
-    tflm_pred = micro.tflm_outputs(int8_bytes, xq[:n_check], arena).reshape(n_check, -1).argmax(1)
+    layers = compare_layers(tuned, int8_bytes, splits.x_calib)
+    device, tflm_out = verify.device_accuracy(int8_bytes, splits.x_eval, splits.y_eval, arena)
+    if verify.collapsed(tflm_out):
+        where = next((e for e in layers["layers"] if e["constant_over_samples"]), layers["blame"])
+        raise ExportError("the int8 model gives the same output for every input"
+                          + (f"; its activations stop depending on the input at {where['layer']} ({where['op']})"
+                             if where else "") + "; check the calibration data and the layer's value range")
+    verify.check_agreement(device)
+    float_acc = _last_float_accuracy(state)
+    moved = (device["accuracy"] - float_acc) * 100
+    fidelity = {"float_accuracy": float_acc, "moved_points": moved,
+                "moved_beyond_tolerance": abs(moved) > FIDELITY_TOLERANCE_POINTS, **layers}
+    state.write("model_int8.tflite", int8_bytes)
     counted = count_tflite(int8_bytes)
     source_cc, header = micro.c_array(int8_bytes)
     state.write("model_data.cc", source_cc)
     state.write("model_data.h", header)
-    state.int8 = {"bytes": int8_bytes, "xq": xq[:n_check], "y": splits.y_eval[:n_check], "tflm_pred": tflm_pred}
+    state.int8 = {"bytes": int8_bytes, "xq": xq, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena}
     return state, StageRecord(
-        "int8", counted["params"], counted["macs"], int8_acc, time.perf_counter() - t,
+        "int8", counted["params"], counted["macs"], device["accuracy"], time.perf_counter() - t,
         flash_bytes=len(int8_bytes), arena_bytes=arena,
         details={
             "onnx_max_abs_diff": onnx_diff,
             "io": io,
-            "tflm": {
-                "samples": n_check,
-                "accuracy": float((tflm_pred == splits.y_eval[:n_check]).mean()),
-                "agreement_with_litert": float((tflm_pred == int8_pred[:n_check]).mean()),
-            },
+            "tflm": device,
+            "fidelity": fidelity,
             "ops": counted["layers"],
             "measure": _measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx"),
         },
@@ -280,14 +291,15 @@ def lut_stage(state: RunState, cfg: CompressConfig):
     """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
     if state.deep is None:
         return state, []
-    int8_bytes, xq, y, int8_tflm_pred = (state.int8[k] for k in ("bytes", "xq", "y", "tflm_pred"))
+    int8_bytes, xq, y = (state.int8[k] for k in ("bytes", "xq", "y"))
     from tinyprune.export import micro
     from tinyprune.export.lut import lut_compress, verify_bit_exact
     from tinyprune.measure.macs import count_tflite
 
     t = time.perf_counter()
     lut = lut_compress(int8_bytes, max_bits=cfg.deepcompress.bits)
-    check = verify_bit_exact(int8_bytes, lut.model, xq)
+    check, lut_out = verify_bit_exact(int8_bytes, lut.model, xq, want=state.int8["tflm_out"],
+                                      arena_before=state.int8["arena"])
     if not check["bit_exact"]:
         raise ExportError(f"the LUT-compressed model differs from the int8 model in TFLM on "
                           f"{check['samples_differing']} of {check['samples']} samples; please report this model")
@@ -298,12 +310,11 @@ def lut_stage(state: RunState, cfg: CompressConfig):
     counted = count_tflite(int8_bytes)  # the DECODE graph computes the same layers
     return state, StageRecord(
         "int8_lut", counted["params"], counted["macs"],
-        # outputs are bit-identical to the int8 model's in TFLM on these samples
-        float((int8_tflm_pred == y).mean()), time.perf_counter() - t,
+        float((lut_out.reshape(len(lut_out), -1).argmax(1) == y).mean()), time.perf_counter() - t,
         flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
         details={"lut": lut.to_dict(), "tflm_check": check,
                  "measure": _measure(lut.model, state, arena_bytes=check["arena_after"]),
-                 "accuracy_measured_on": f"{check['samples']} held-out samples in TFLM"},
+                 "accuracy_measured_on": f"all {check['samples']} held-out samples in TFLM"},
     )
 
 

@@ -11,7 +11,7 @@ FILE`` names another file), one ``[[model]]`` table per model::
     max_macs = 5_000_000
     max_latency_ms = 100     # predicted on the target (kernels = "optimized" | "reference")
     max_energy_uj = 50       # target-calibrated estimate: pJ/cycle x predicted cycles
-    min_accuracy = 0.90      # int8 .tflite evaluated with LiteRT on `data`
+    min_accuracy = 0.90      # .tflite evaluated in TFLM (LiteRT cross-check) on `data`
     data = "data/test.npz"   # x (NCHW or NHWC) and y, or x_test / y_test
     include_runtime = false
     input_shape = [1, 28, 28]  # PyTorch / ONNX models only: one sample's shape
@@ -233,33 +233,27 @@ def _fit_layout(x: np.ndarray, input_shape: list[int]) -> np.ndarray:
     raise DataError(f"data samples of shape {tuple(x.shape[1:])} do not fit the model input {tuple(input_shape)}")
 
 
-def tflite_accuracy(model_bytes: bytes, data_path: Path) -> tuple[float, int]:
-    """(accuracy, samples) of the TFLite model in LiteRT on the .npz (test part when it has one)."""
+def tflite_accuracy(model_bytes: bytes, data_path: Path, arena: int | None = None) -> tuple[float, int, dict]:
+    """(accuracy, samples, record) of the TFLite model in TFLM on the .npz (test part when it has one).
+
+    TFLM is what the device runs, and it also runs DECODE (LUT-compressed) models that LiteRT
+    cannot load; LiteRT cross-checks where it can (see ``export.verify``)."""
     from tinyprune.data import load_npz
-    from tinyprune.export.tflite import io_details, litert_predict
+    from tinyprune.export import micro, verify
+    from tinyprune.export.tflite import device_input, io_details
 
     raw = load_npz(data_path)
     x, y = (raw.x_test, raw.y_test) if raw.x_test is not None else (raw.x_train, raw.y_train)
     io = io_details(model_bytes)
     x = _fit_layout(np.asarray(x, np.float32), io["input"]["shape"])
-    if io["input"]["dtype"] == "int8":
-        preds = litert_predict(model_bytes, x)
-    else:  # a float model: feed as is
-        from tinyprune.export.tflite import litert_interpreter, to_device_layout
-
-        it = litert_interpreter(model_bytes)
-        it.allocate_tensors()
-        inp, out = it.get_input_details()[0], it.get_output_details()[0]
-        xd = to_device_layout(x).astype(inp["dtype"])
-        preds = np.empty(len(xd), np.int64)
-        for i in range(len(xd)):
-            it.set_tensor(inp["index"], xd[i:i + 1])
-            it.invoke()
-            preds[i] = int(np.argmax(it.get_tensor(out["index"])))
     y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(y) != len(preds):
-        raise DataError(f"{data_path.name}: {len(preds)} samples but {len(y)} labels")
-    return float((preds == y).mean()), int(len(y))
+    if len(y) != len(x):
+        raise DataError(f"{data_path.name}: {len(x)} samples but {len(y)} labels")
+    if arena is None:
+        arena = micro.smallest_arena(model_bytes, device_input(model_bytes, x[:1]))
+    record, _ = verify.device_accuracy(model_bytes, x, y, arena)
+    verify.check_agreement(record)
+    return record["accuracy"], record["samples"], record
 
 
 # ------------------------------------------------------------------------------------- check
@@ -308,10 +302,12 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
                     raise ConfigError(f"{b.name}: min_accuracy is checked on .tflite models only")
                 if progress:
                     progress(f"evaluating {b.name} on {b.data.name}")
-                value, n = tflite_accuracy(b.path.read_bytes(), b.data)
+                value, n, record = tflite_accuracy(b.path.read_bytes(), b.data, t.get("arena_bytes"))
                 ok = value >= limit
+                cross = (f", LiteRT agrees on {record['agreement_with_litert']:.1%}" if "agreement_with_litert" in record
+                         else ", no LiteRT cross-check (TFLM-only ops)")
                 result.outcomes.append(Outcome(b.name, key, value, limit, ok, f"{value:.2%} vs >= {limit:.2%}",
-                                               f"LiteRT on {n} samples of {b.data.name}"))
+                                               f"TFLM on {n} samples of {b.data.name}{cross}"))
                 continue
             result.outcomes.append(Outcome(b.name, key, value, limit, value <= limit, text, detail))
     return result

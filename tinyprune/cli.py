@@ -249,6 +249,13 @@ def _print_report(report) -> None:
         f"MACs -{1 - int8.macs / orig.macs:.1%}, params -{1 - int8.params / orig.params:.1%}; "
         f"fits {report.target['name']}: flash {'yes' if fits['flash'] else 'NO'}, RAM {'yes' if fits['ram'] else 'NO'}"
     )
+    fid = int8.details.get("fidelity") or {}
+    if fid.get("moved_beyond_tolerance"):
+        blame = fid.get("blame") or {}
+        console.print(
+            f"int8 departs from its float model: {fid['float_accuracy']:.2%} -> {int8.accuracy:.2%} in TFLM "
+            f"({fid['moved_points']:+.2f} points); most SQNR is lost at {blame.get('layer', 'an unmapped layer')} "
+            f"({blame.get('sqnr_lost_db', 'n/a')} dB), see the fidelity table in report.md")
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
 
 

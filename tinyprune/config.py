@@ -61,7 +61,6 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 18
-    tflm_check_samples: int = 1000  # held-out samples also run through the TFLM interpreter
 
 
 @dataclass(frozen=True)

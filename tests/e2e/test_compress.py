@@ -157,7 +157,11 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
     elif criterion == "mipp":  # MIPP meets the target in its own step (its cost model, its fill)
         assert 0.4 <= removed <= 0.45, removed
         assert pruned["details"]["mipp"]["layers"]
-    else:  # the MAC loop lands at the target; within 1 % where one channel costs less than that
-        assert 0.4 <= removed <= 0.43, removed
+    else:  # the MAC loop lands at the target, overshooting by at most one channel's MACs
+        original = next(s for s in report["stages"] if s["name"] == "original")
+        # cnn_bn's costliest channel: one of the first conv's 16 (8x8 output, 3x3 kernels), which
+        # also feeds every one of the second conv's 32 filters
+        one_channel = (9 * 64 + 32 * 9 * 64) / original["macs"]
+        assert 0.4 <= removed <= 0.4 + one_channel + 1e-9, (removed, one_channel)
     int8 = report["stages"][-1]
     assert int8["name"] == "int8" and int8["details"]["tflm"]["samples"] > 0

@@ -47,7 +47,7 @@ def test_clustered_cnn_lut_compresses_and_runs_bit_exact_in_tflm(tmp_path, train
 
     io = io_details(int8)
     x = quantize(to_device_layout(splits.x_eval[:HELD_OUT]), io["input"]["scale"], io["input"]["zero_point"])
-    check = verify_bit_exact(int8, result.model, x)
+    check, _ = verify_bit_exact(int8, result.model, x)
     assert check["bit_exact"], check
     assert check["samples"] == HELD_OUT
     # The DECODE outputs live in the arena: never smaller than the plain int8 model's.

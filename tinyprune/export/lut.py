@@ -240,21 +240,27 @@ def lut_compress(int8_bytes: bytes, max_bits: "int | dict | str" = LUT_MAX_BITS)
     return LutResult(out, tuple(plans), len(int8_bytes), len(out))
 
 
-def verify_bit_exact(int8_bytes: bytes, lut_bytes: bytes, x_int8: np.ndarray) -> dict:
+def verify_bit_exact(int8_bytes: bytes, lut_bytes: bytes, x_int8: np.ndarray, want: np.ndarray | None = None,
+                     arena_before: int | None = None) -> tuple[dict, np.ndarray]:
     """Run both models in the real TFLM interpreter; compare every output byte.
 
     ``x_int8`` holds quantized samples in device layout. Each model gets its own smallest
-    working arena (the LUT model also holds the decoded weights there).
+    working arena (the LUT model also holds the decoded weights there). ``want`` and
+    ``arena_before`` are the int8 model's TFLM outputs and arena when already known.
+    Returns (the comparison, the LUT model's outputs).
     """
     from tinyprune.export import micro
 
     x_int8 = np.asarray(x_int8)
     if x_int8.dtype != np.int8 or len(x_int8) == 0:
         raise DataError("verify_bit_exact needs at least one int8 sample")
-    arena_before = micro.smallest_arena(int8_bytes, x_int8[:1])
+    if arena_before is None:
+        arena_before = micro.smallest_arena(int8_bytes, x_int8[:1])
     arena_after = micro.smallest_arena(lut_bytes, x_int8[:1])
-    want = micro.tflm_outputs(int8_bytes, x_int8, arena_before)
+    if want is None:
+        want = micro.tflm_outputs(int8_bytes, x_int8, arena_before)
     got = micro.tflm_outputs(lut_bytes, x_int8, arena_after)
+    want = want.reshape(got.shape) if want.size == got.size else want
     same = want.shape == got.shape
     differing = int((want != got).reshape(len(want), -1).any(1).sum()) if same else len(x_int8)
     return {
@@ -267,4 +273,4 @@ def verify_bit_exact(int8_bytes: bytes, lut_bytes: bytes, x_int8: np.ndarray) ->
         "arena_delta": int(arena_after - arena_before),
         "flash_before": len(int8_bytes),
         "flash_after": len(lut_bytes),
-    }
+    }, got

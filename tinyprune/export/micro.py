@@ -7,6 +7,7 @@ invoke succeed. TFLM's own RecordingMicroAllocator total leaves out temporary bu
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from tinyprune.errors import ExportError
 
 ALIGN = 16  # TFLM aligns arena allocations to 16 bytes; finer steps cannot matter
 MAX_ARENA = 64 * 1024 * 1024
+MIN_SAMPLES_PER_WORKER = 100  # below this a second interpreter process costs more than it saves
 
 
 def _run(model: Path, arena: int, inputs: Path, outputs: Path | None = None) -> tuple[bool, str]:
@@ -54,16 +56,33 @@ def smallest_arena(model_bytes: bytes, sample_int8: np.ndarray) -> int:
         return hi
 
 
-def tflm_outputs(model_bytes: bytes, x_int8: np.ndarray, arena: int) -> np.ndarray:
-    """Raw int8 outputs of the TFLM interpreter for each sample of ``x_int8`` (device layout)."""
+def tflm_outputs(model_bytes: bytes, x_int8: np.ndarray, arena: int, workers: int | None = None) -> np.ndarray:
+    """Raw int8 outputs of the TFLM interpreter for each sample of ``x_int8`` (device layout).
+
+    The samples are split over ``workers`` interpreter processes (default: one per CPU), since
+    TFLM's reference kernels run one sample at a time and this is the accuracy of record."""
+    n = len(x_int8)
+    workers = max(1, min(workers or os.cpu_count() or 1, (n + MIN_SAMPLES_PER_WORKER - 1) // MIN_SAMPLES_PER_WORKER))
+    bounds = np.linspace(0, n, workers + 1).astype(int)
     with tempfile.TemporaryDirectory(prefix="tinyprune-tflm-") as tmp:
-        model, inputs, outputs = (Path(tmp) / n for n in ("model.tflite", "x.npy", "y.npy"))
+        model = Path(tmp) / "model.tflite"
         model.write_bytes(model_bytes)
-        np.save(inputs, x_int8)
-        ok, message = _run(model, arena, inputs, outputs)
-        if not ok:
-            raise ExportError(f"TFLM failed to run the int8 model: {message.splitlines()[-1] if message else 'crashed'}")
-        return np.load(outputs)
+        procs = []
+        for w in range(workers):
+            inputs, outputs = Path(tmp) / f"x{w}.npy", Path(tmp) / f"y{w}.npy"
+            np.save(inputs, x_int8[bounds[w]:bounds[w + 1]])
+            cmd = [sys.executable, "-m", "tinyprune.export.tflm_worker", str(model), str(arena), str(inputs), str(outputs)]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), outputs))
+        results, failure = [], None
+        for proc, outputs in procs:
+            out, err = proc.communicate(timeout=3600)
+            if proc.returncode != 0 and failure is None:
+                failure = (err or out).strip()
+            elif proc.returncode == 0:
+                results.append(np.load(outputs))
+        if failure is not None:
+            raise ExportError(f"TFLM failed to run the int8 model: {failure.splitlines()[-1] if failure else 'crashed'}")
+        return np.concatenate(results)
 
 
 def c_array(model_bytes: bytes, symbol: str = "g_model_data", header_name: str = "model_data.h") -> tuple[str, str]:

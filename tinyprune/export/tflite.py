@@ -100,30 +100,47 @@ def litert_interpreter(model_bytes: bytes):
 
 
 def io_details(model_bytes: bytes) -> dict:
-    """Shapes, dtypes and quantization of the model's input and output (what firmware needs)."""
-    it = litert_interpreter(model_bytes)
+    """Shapes, dtypes and quantization of the model's input and output (what firmware needs).
 
-    def one(d):
-        scale, zero = d["quantization"]
-        return {"shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-                "scale": float(scale), "zero_point": int(zero)}
+    Read from the flatbuffer, not an interpreter, so that models with TFLM-only ops (DECODE) work."""
+    from tinyprune.measure.graph import read_graph
 
-    return {"input": one(it.get_input_details()[0]), "output": one(it.get_output_details()[0])}
+    graph = read_graph(model_bytes)
+
+    def one(index: int) -> dict:
+        t = graph.tensors[index]
+        return {"shape": [int(s) for s in t.shape], "dtype": t.dtype,
+                "scale": float(t.scale or 0.0), "zero_point": int(t.zero_point or 0)}
+
+    return {"input": one(graph.inputs[0]), "output": one(graph.outputs[0])}
 
 
 def quantize(x_device: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x_device / scale) + zero_point, -128, 127).astype(np.int8)
 
 
-def litert_predict(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
-    """Class predictions of the int8 model in LiteRT, one sample at a time (batch is fixed to 1)."""
+def device_input(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
+    """Samples as the device model takes them: device layout, quantized when its input is int8."""
+    inp = io_details(model_bytes)["input"]
+    x = to_device_layout(np.asarray(x_nchw, np.float32))
+    if inp["dtype"] == "int8":
+        return quantize(x, inp["scale"], inp["zero_point"])
+    return x.astype(inp["dtype"])
+
+
+def litert_outputs(model_bytes: bytes, x_device: np.ndarray) -> np.ndarray:
+    """Raw outputs of the model in LiteRT for each sample of ``x_device`` (batch is fixed to 1)."""
     it = litert_interpreter(model_bytes)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    scale, zero = inp["quantization"]
-    xq = quantize(to_device_layout(x_nchw), scale, zero)
-    preds = np.empty(len(xq), np.int64)
-    for i in range(len(xq)):
-        it.set_tensor(inp["index"], xq[i:i + 1])
+    outputs = []
+    for i in range(len(x_device)):
+        it.set_tensor(inp["index"], x_device[i:i + 1])
         it.invoke()
-        preds[i] = int(np.argmax(it.get_tensor(out["index"])))
-    return preds
+        outputs.append(it.get_tensor(out["index"])[0].copy())
+    return np.stack(outputs)
+
+
+def litert_predict(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
+    """Class predictions of the model in LiteRT, one sample at a time."""
+    out = litert_outputs(model_bytes, device_input(model_bytes, x_nchw))
+    return out.reshape(len(out), -1).argmax(1)

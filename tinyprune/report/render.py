@@ -5,6 +5,10 @@ from __future__ import annotations
 from tinyprune.report.records import Report
 
 
+def _db(v, unit: bool = True) -> str:
+    return "n/a" if v is None else f"{v:.1f}" + (" dB" if unit else "")
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
@@ -56,18 +60,33 @@ def to_markdown(report: Report) -> str:
         f"RAM {'yes' if fits['ram'] else 'NO'} ({_kib(int8.arena_bytes)} arena of {_kib(r.target['ram_bytes'])}). "
         "Runtime code and stack are not included.",
         "",
-        "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stage in "
-        "LiteRT. The arena is the smallest with which the real TFLM interpreter allocates and "
-        "invokes the model (found by bisection). MACs of the int8 stage are counted on the "
-        "TFLite graph itself.",
+        "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stages in "
+        "the real TFLM interpreter (what the microcontroller runs), on every held-out sample. The "
+        "arena is the smallest with which TFLM allocates and invokes the model (found by "
+        "bisection). MACs of the int8 stage are counted on the TFLite graph itself.",
     ]
     tflm = int8.details.get("tflm", {})
     if tflm:
         lines += [
             "",
-            f"TFLM check: {tflm['samples']} held-out samples run in the TFLM interpreter; "
-            f"accuracy {_pct(tflm['accuracy'])}, outputs identical to LiteRT on {_pct(tflm['agreement_with_litert'])} of them.",
+            f"LiteRT cross-check: on the same {tflm['samples']} samples LiteRT's accuracy is "
+            f"{_pct(tflm.get('litert_accuracy', tflm['accuracy']))} and it predicts the same class as TFLM on "
+            f"{_pct(tflm['agreement_with_litert'])} of them.",
         ]
+    fid = int8.details.get("fidelity")
+    if fid:
+        lines += ["", "## int8 fidelity (per layer, dequantized int8 vs float)", "",
+                  f"Float {_pct(fid['float_accuracy'])} -> int8 in TFLM {_pct(int8.accuracy)} "
+                  f"({fid['moved_points']:+.2f} points). Compared on {fid['samples']} calibration samples; "
+                  f"SQNR of the output {_db(fid['output_sqnr_db'])}."]
+        if fid.get("blame"):
+            b = fid["blame"]
+            lines.append(f"Largest SQNR loss: {b['layer']} ({b['op']}), {_db(b['sqnr_lost_db'])} lost, "
+                         f"{_db(b['sqnr_db'])} after it.")
+        lines += ["", "| int8 op | PyTorch layer | SQNR dB | lost dB | cosine |", "|---|---|---|---|---|"]
+        for e in fid["layers"]:
+            lines.append(f"| {e['op']} | {e['layer']} | {_db(e['sqnr_db'], unit=False)} | "
+                         f"{_db(e['sqnr_lost_db'], unit=False)} | {e['cosine']:.4f} |")
     io = int8.details.get("io")
     if io:
         i, o = io["input"], io["output"]
