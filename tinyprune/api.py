@@ -230,7 +230,7 @@ def _last_float_accuracy(state: RunState) -> float:
 def export_stage(state: RunState, cfg: CompressConfig):
     import torch
 
-    from tinyprune.export import micro, tflite, verify
+    from tinyprune.export import micro, rewrite, tflite, verify
     from tinyprune.export.fidelity import compare_layers
     from tinyprune.export.onnx import export_onnx
     from tinyprune.measure.core import unsupported_tflite_ops
@@ -245,7 +245,9 @@ def export_stage(state: RunState, cfg: CompressConfig):
     except Exception as exc:
         raise ExportError(f"saving the pruned model with torch.export failed: {str(exc).splitlines()[0][:200]}") from None
     state.declare("model_pruned.pt2")
-    onnx_diff = export_onnx(tuned, splits.x_train[:1], tmp / "model.onnx", cfg.export.opset)
+    # exact in float; what the int8 graph is built from and compared with
+    int8_source, rewritten = rewrite.for_int8(tuned, state.example) if cfg.export.bn_as_depthwise else (tuned, [])
+    onnx_diff = export_onnx(int8_source, splits.x_train[:1], tmp / "model.onnx", cfg.export.opset)
     state.declare("model.onnx")
     int8_bytes = tflite.to_int8_tflite(tmp / "model.onnx", splits.x_calib, tmp / "_work")
     shutil.rmtree(tmp / "_work")
@@ -255,7 +257,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
         raise UnsupportedOp(f"the int8 model uses op(s) that {target.name}'s TFLM runtime lacks: {', '.join(missing)}")
     xq = tflite.device_input(int8_bytes, splits.x_eval)
     arena = micro.smallest_arena(int8_bytes, xq[:1])
-    layers = compare_layers(tuned, int8_bytes, splits.x_calib)
+    layers = compare_layers(int8_source, int8_bytes, splits.x_calib)
     device, tflm_out = verify.device_accuracy(int8_bytes, splits.x_eval, splits.y_eval, arena)
     if verify.collapsed(tflm_out):
         where = next((e for e in layers["layers"] if e["constant_over_samples"]), layers["blame"])
@@ -265,7 +267,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
     verify.check_agreement(device)
     float_acc = _last_float_accuracy(state)
     moved = (device["accuracy"] - float_acc) * 100
-    fidelity = {"float_accuracy": float_acc, "moved_points": moved,
+    fidelity = {"float_accuracy": float_acc, "moved_points": moved, "batchnorms_as_depthwise": rewritten,
                 "moved_beyond_tolerance": abs(moved) > FIDELITY_TOLERANCE_POINTS, **layers}
     state.write("model_int8.tflite", int8_bytes)
     counted = count_tflite(int8_bytes)

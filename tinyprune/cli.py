@@ -56,6 +56,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default=None,
                    help="shared-weight index bits: one number or per kind, e.g. conv=8,fc=5 (compress default, "
                         "as in the paper; the demo uses 4 so that its LUT model shrinks)")
+    p.add_argument("--calib-samples", type=int, default=None,
+                   help="training samples that calibrate the int8 conversion (default 200)")
+    p.add_argument("--keep-batchnorm", action="store_true",
+                   help="export BatchNorms that follow no conv as they are (MUL + ADD in int8) instead of as "
+                        "depthwise 1x1 convs; the same function in float, usually less accurate in int8")
     _criterion_options(p)
     p.add_argument("--plane", action="store_true",
                    help="record the information plane during fine-tuning (plane.json, plane.png)")
@@ -171,7 +176,7 @@ def _criterion_options_given(args) -> tuple[dict, list[str]]:
 
 def _config(args):
     """Every flag checked here, before a model is loaded or anything is trained."""
-    from tinyprune.config import CompressConfig, DataConfig, FinetuneConfig, PruneConfig
+    from tinyprune.config import CompressConfig, DataConfig, ExportConfig, FinetuneConfig, PruneConfig
     from tinyprune.prune import protocol
 
     protocol.get(args.criterion)  # an unknown criterion names the known ones
@@ -193,9 +198,11 @@ def _config(args):
         deepcompress=deep,
         target=args.target,
         seed=args.seed,
-        data=DataConfig(layout=getattr(args, "layout", "auto")),
+        data=DataConfig(layout=getattr(args, "layout", "auto"),
+                        **({"calib_samples": args.calib_samples} if args.calib_samples is not None else {})),
         prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, at_init=args.at_init, options=options),
         finetune=FinetuneConfig(epochs=epochs),
+        export=ExportConfig(bn_as_depthwise=not args.keep_batchnorm),
         plane=args.plane,
     )
 
@@ -233,6 +240,7 @@ def _print_report(report) -> None:
     from rich.table import Table
 
     from tinyprune.report import summary_rows
+    from tinyprune.export.verify import OPTIMIZED_AGREEMENT_GOAL
     from tinyprune.report.render import HEADER
 
     t = Table(title=f"tinyprune: {Path(report.model['path']).name} -> {report.target['name']}")
@@ -246,11 +254,18 @@ def _print_report(report) -> None:
     fits = report.fits
     console.print(
         f"float accuracy {orig.accuracy:.2%} -> int8 {int8.accuracy:.2%} (held-out, n={report.data['eval']}); "
-        f"MACs -{1 - int8.macs / orig.macs:.1%}, params -{1 - int8.params / orig.params:.1%}; "
+        f"MACs {int8.macs / orig.macs - 1:+.1%}, params {int8.params / orig.params - 1:+.1%}; "
         f"fits {report.target['name']}: flash {'yes' if fits['flash'] else 'NO'}, RAM {'yes' if fits['ram'] else 'NO'}"
     )
     fid = int8.details.get("fidelity") or {}
-    if fid.get("moved_beyond_tolerance"):
+    tflm = int8.details.get("tflm") or {}
+    fragile = tflm.get("agreement_with_litert_optimized", 1.0) < OPTIMIZED_AGREEMENT_GOAL
+    if fragile:
+        console.print(
+            f"LiteRT's optimized kernels predict another class than TFLM on "
+            f"{1 - tflm['agreement_with_litert_optimized']:.1%} of the samples: the int8 outputs are fragile "
+            f"(output SQNR {fid.get('output_sqnr_db', 'n/a')} dB)")
+    if fid.get("moved_beyond_tolerance") or fragile:
         blame = fid.get("blame") or {}
         console.print(
             f"int8 departs from its float model: {fid['float_accuracy']:.2%} -> {int8.accuracy:.2%} in TFLM "

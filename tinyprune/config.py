@@ -61,6 +61,8 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 18
+    # BatchNorms not folded into a conv go to int8 as depthwise 1x1 convs (tinyprune.export.rewrite)
+    bn_as_depthwise: bool = True
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,22 @@ def test_unpack_rejects_damaged_archives(capsys, tmp_path, damage):
     assert code == 2
     assert_one_line(err)
     assert not (tmp_path / "u" / "weights.npz").exists()
+
+
+@pytest.mark.slow
+def test_int8_conversion_that_collapses_names_the_layer_and_publishes_nothing(capsys, tmp_path, digits_npz):
+    """One huge constant unit sets the int8 scale of a layer's output; every informative unit
+    then rounds to zero and the int8 model answers the same for every input."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    with torch.no_grad():
+        model[1].weight[0] = 0
+        model[1].bias[0] = 1e5
+        model[3].weight[:, 0] = 0  # the float model ignores the constant unit and still varies
+    torch.save(model.eval(), tmp_path / "m.pt")
+    out = tmp_path / "o"
+    code, err = run(capsys, "compress", tmp_path / "m.pt", "--data", digits_npz, "--out", out, "--sparsity", "0",
+                    "--finetune-epochs", "0", "--no-deepcompress")
+    assert code == 3
+    assert_one_line(err, "the int8 model gives the same output for every input", "at 1 (linear) (FULLY_CONNECTED)")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")] == []

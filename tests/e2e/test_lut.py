@@ -52,3 +52,31 @@ def test_clustered_cnn_lut_compresses_and_runs_bit_exact_in_tflm(tmp_path, train
     assert check["samples"] == HELD_OUT
     # The DECODE outputs live in the arena: never smaller than the plain int8 model's.
     assert check["arena_after"] >= check["arena_before"] > 0
+
+
+@pytest.mark.slow
+def test_check_gates_accuracy_of_a_lut_model_in_tflm(tmp_path, trained, digits, monkeypatch, capsys):
+    """LiteRT cannot load DECODE models; `check`'s accuracy budget runs them in TFLM instead."""
+    from tinyprune.cli import main
+
+    model = trained("cnn_bn").eval()
+    splits = prepare(digits, model, DataConfig(), seed=0)
+    cfg = DeepCompressConfig(bits=f"conv={BITS},fc={BITS}", lut_ready=True, prune_epochs=1, centroid_epochs=1)
+    clustered = run_deepcompress(model, splits.x_train, splits.y_train, splits.x_eval, splits.y_eval, cfg).model
+    export_onnx(clustered, splits.x_train[:1], tmp_path / "model.onnx")
+    lut = lut_compress(to_int8_tflite(tmp_path / "model.onnx", splits.x_calib, tmp_path / "work"), BITS).model
+    (tmp_path / "lut.tflite").write_bytes(lut)
+    np.savez(tmp_path / "d.npz", x=splits.x_eval[:HELD_OUT], y=splits.y_eval[:HELD_OUT])
+    (tmp_path / "tinyprune.toml").write_text(
+        '[[model]]\npath = "lut.tflite"\nmin_accuracy = 0.5\ndata = "d.npz"\n'
+        '[[model]]\nname = "strict"\npath = "lut.tflite"\nmin_accuracy = 1.0\ndata = "d.npz"\n')
+    monkeypatch.chdir(tmp_path)
+    code = main(["check", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    accuracy = [o for o in out["results"] if o["metric"] == "min_accuracy"]
+    assert len(accuracy) == 2 and all("TFLM on 50 samples" in o["detail"] for o in accuracy)
+    assert "no LiteRT cross-check" in accuracy[0]["detail"]
+    value = accuracy[0]["value"]
+    assert 0.5 < value <= 1.0
+    assert accuracy[0]["ok"] and accuracy[1]["ok"] == (value >= 1.0)
+    assert code == (0 if value >= 1.0 else 1)

@@ -24,6 +24,11 @@ _PASS_THROUGH = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "batch_norm"
 _LAYERS = {"conv1d", "conv2d", "convolution", "linear", "addmm", "mm", "matmul", "cat", "avg_pool2d", "max_pool2d",
            "mean", "adaptive_avg_pool2d"}
 COMPARE_SAMPLES = 64
+# below this SQNR the best same-shaped float tensor is not the int8 tensor's counterpart
+MATCH_SQNR_DB = 5.0
+# what 8 bits can hold of a signal (6.02 dB per bit): an exactly representable input (images in
+# k/255 steps) would otherwise make the first layer look like it loses 100 dB
+INT8_CEILING_DB = 48.0
 
 
 def _op_name(node) -> str:
@@ -87,16 +92,11 @@ def float_tensors(model, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def int8_tensors(model_bytes: bytes, x_nchw: np.ndarray):
     """(graph, {tensor index: dequantized values over all samples}) of the int8 model."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from tinyprune.fd_output import captured_output
+    from tinyprune.export.tflite import litert_interpreter
     from tinyprune.measure.graph import read_graph
 
     graph = read_graph(model_bytes)
-    with captured_output():
-        it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        it.allocate_tensors()
+    it = litert_interpreter(model_bytes, reference=True, keep_tensors=True)
     inp = it.get_input_details()[0]
     scale, zero = inp["quantization"]
     xq = quantize(to_device_layout(x_nchw), scale, zero)
@@ -161,17 +161,22 @@ def compare_layers(model, model_bytes: bytes, x_nchw: np.ndarray, samples: int =
                 for label, f in floats:
                     if f.shape != q.shape:
                         continue
-                    c = _cosine(f, q)
-                    if best is None or c > best[0]:
-                        best = (c, label, f, q)
-            if best is None:
-                continue
-            cos, label, f, q = best
-            sqnr = _sqnr(f, q)
-            sqnr_of[t] = sqnr
+                    v = _sqnr(f, q)
+                    if best is None or v > best[0]:
+                        best = (v, label, f, q)
             inputs = [sqnr_of[i] for i in op.inputs if i in sqnr_of]
-            before = min(inputs) if inputs else math.inf
-            constant = bool(np.ptp(q.reshape(len(q), -1), axis=0).max() == 0) if len(q) > 1 else False
+            before = min([*inputs, INT8_CEILING_DB]) if inputs else math.inf
+            q_flat = ints[t].reshape(len(ints[t]), -1)
+            constant = len(q_flat) > 1 and bool(np.ptp(q_flat, axis=0).max() == 0)
+            if best is None or (best[0] < MATCH_SQNR_DB and not constant):
+                # an intermediate the float model never holds (a decomposed op's partial result):
+                # its error is carried on as its input's, and the next matched tensor accounts for it
+                if math.isfinite(before):
+                    sqnr_of[t] = before
+                continue
+            sqnr, label, f, q = best
+            cos = _cosine(f, q)
+            sqnr_of[t] = sqnr
             layers.append({
                 "op": op.op, "tensor": graph.tensors[t].name, "layer": label,
                 "sqnr_db": _finite(sqnr), "cosine": round(cos, 5),

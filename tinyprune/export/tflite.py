@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyprune.fd_output import captured_output
-from tinyprune.errors import ExportError
+from tinyprune.errors import DataError, ExportError
 from tinyprune.export.onnx import INPUT_NAME
 
 
@@ -50,8 +50,26 @@ def _failing_op(log: str) -> str:
     return ""
 
 
+def _check_calibration(onnx_path: Path, calib: np.ndarray) -> None:
+    """Calibration data the converter would silently turn into a broken model: refuse it (exit 2)."""
+    import onnx
+
+    calib = np.asarray(calib)
+    if calib.ndim < 2 or len(calib) == 0:
+        raise DataError(f"the calibration set must hold samples along its first axis, got shape {calib.shape}")
+    if not np.issubdtype(calib.dtype, np.number) or not np.isfinite(calib).all():
+        raise DataError("the calibration set holds NaN or inf values; pass finite data")
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.input[0].type.tensor_type.shape.dim]
+    want = tuple(dims[1:])
+    if len(want) != calib.ndim - 1 or any(w is not None and w != g for w, g in zip(want, calib.shape[1:])):
+        raise DataError(f"calibration samples have shape {tuple(calib.shape[1:])}, the model takes "
+                        f"{tuple('?' if w is None else w for w in want)}")
+
+
 def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> bytes:
     """Convert and return the full-int8 flatbuffer (int8 input and output tensors)."""
+    _check_calibration(onnx_path, calib_nchw)
     workdir.mkdir(parents=True, exist_ok=True)
     calib = to_device_layout(calib_nchw.astype(np.float32))
     calib_path = workdir / "calibration.npy"
@@ -90,11 +108,15 @@ def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> by
     return produced[0].read_bytes()
 
 
-def litert_interpreter(model_bytes: bytes):
-    from ai_edge_litert.interpreter import Interpreter
+def litert_interpreter(model_bytes: bytes, reference: bool = False, keep_tensors: bool = False):
+    """LiteRT with its default (optimized, XNNPACK) kernels, or its reference kernels, which are
+    the ones TFLM runs; ``keep_tensors`` keeps every intermediate tensor readable."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    kind = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
     with captured_output():  # LiteRT announces its XNNPACK delegate on stderr when allocating
-        it = Interpreter(model_content=model_bytes)
+        it = Interpreter(model_content=model_bytes, experimental_op_resolver_type=kind,
+                         experimental_preserve_all_tensors=keep_tensors)
         it.allocate_tensors()
     return it
 
@@ -128,9 +150,9 @@ def device_input(model_bytes: bytes, x_nchw: np.ndarray) -> np.ndarray:
     return x.astype(inp["dtype"])
 
 
-def litert_outputs(model_bytes: bytes, x_device: np.ndarray) -> np.ndarray:
+def litert_outputs(model_bytes: bytes, x_device: np.ndarray, reference: bool = False) -> np.ndarray:
     """Raw outputs of the model in LiteRT for each sample of ``x_device`` (batch is fixed to 1)."""
-    it = litert_interpreter(model_bytes)
+    it = litert_interpreter(model_bytes, reference)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     outputs = []
     for i in range(len(x_device)):

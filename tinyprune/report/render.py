@@ -66,12 +66,13 @@ def to_markdown(report: Report) -> str:
         "bisection). MACs of the int8 stage are counted on the TFLite graph itself.",
     ]
     tflm = int8.details.get("tflm", {})
-    if tflm:
+    if "agreement_with_litert" in tflm:
         lines += [
             "",
-            f"LiteRT cross-check: on the same {tflm['samples']} samples LiteRT's accuracy is "
-            f"{_pct(tflm.get('litert_accuracy', tflm['accuracy']))} and it predicts the same class as TFLM on "
-            f"{_pct(tflm['agreement_with_litert'])} of them.",
+            f"LiteRT cross-check on the same {tflm['samples']} samples: its reference kernels (TFLM's) predict "
+            f"the same class as TFLM on {_pct(tflm['agreement_with_litert'])} of them (identical outputs on "
+            f"{_pct(tflm['outputs_identical_to_litert'])}); its optimized kernels, which round differently, on "
+            f"{_pct(tflm['agreement_with_litert_optimized'])} (accuracy {_pct(tflm['litert_optimized_accuracy'])}).",
         ]
     fid = int8.details.get("fidelity")
     if fid:

@@ -1,0 +1,101 @@
+"""int8 fidelity: the float rewrites before export, the per-layer comparison and its verdicts."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from tinyprune.errors import DataError
+from tinyprune.export import verify
+from tinyprune.export.rewrite import for_int8, unfolded_batchnorms
+from tinyprune.testing.models import MODELS
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_batchnorm_rewrite_is_exact_and_only_touches_unfolded_batchnorms(name):
+    torch.manual_seed(0)
+    model = _randomize_bn(MODELS[name]())
+    x = torch.randn(8, 1, 8, 8)
+    rewritten, names = for_int8(model, x[:1])
+    # a BN right after a conv (used by nothing else) is folded by the exporter; only the
+    # concat net's BN on the concatenation (fuse.0) follows no conv
+    assert names == (["fuse.0"] if name == "concat_net" else [])
+    assert unfolded_batchnorms(model, x[:1]) == names
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-5)
+    if names:
+        assert isinstance(rewritten.get_submodule("fuse.0"), nn.Conv2d)
+        assert rewritten.get_submodule("fuse.0").groups == 16 + 2 * 12  # one filter per channel
+        assert isinstance(model.get_submodule("fuse.0"), nn.BatchNorm2d)  # the input model is left alone
+
+
+def test_batchnorm_after_a_shared_conv_output_is_rewritten():
+    class Fork(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head((self.bn(y) + y).mean((2, 3)))
+
+    model = _randomize_bn(Fork())
+    x = torch.randn(3, 1, 8, 8)
+    rewritten, names = for_int8(model, x[:1])
+    assert names == ["bn"]  # the conv's output is also used unnormalized: the BN cannot fold into it
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-5)
+
+
+def test_collapsed_means_every_sample_gets_the_same_output():
+    assert verify.collapsed(np.zeros((5, 10), np.int8))
+    varied = np.zeros((5, 10), np.int8)
+    varied[3, 2] = 1
+    assert not verify.collapsed(varied)
+    assert not verify.collapsed(np.zeros((1, 10), np.int8))  # one sample proves nothing
+
+
+def test_reference_disagreement_is_an_export_error():
+    from tinyprune.errors import ExportError
+
+    verify.check_agreement({"samples": 100, "agreement_with_litert": 0.99})
+    verify.check_agreement({"samples": 100, "litert": "not cross-checked"})  # DECODE models
+    with pytest.raises(ExportError, match="different classes on 2.0% of 100"):
+        verify.check_agreement({"samples": 100, "agreement_with_litert": 0.98})
+
+
+@pytest.fixture
+def onnx_model(tmp_path):
+    from tinyprune.export.onnx import export_onnx
+
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    export_onnx(MODELS["cnn_bn"]().eval(), x, tmp_path / "m.onnx")
+    return tmp_path / "m.onnx"
+
+
+@pytest.mark.parametrize("calib, message", [
+    (np.full((4, 1, 8, 8), np.nan, np.float32), "NaN or inf"),
+    (np.concatenate([np.zeros((3, 1, 8, 8)), np.full((1, 1, 8, 8), np.inf)]).astype(np.float32), "NaN or inf"),
+    (np.zeros((4, 1, 7, 7), np.float32), r"shape \(1, 7, 7\), the model takes \(1, 8, 8\)"),
+    (np.zeros((4, 64), np.float32), r"shape \(64,\)"),
+    (np.zeros((0, 1, 8, 8), np.float32), "samples along its first axis"),
+])
+def test_bad_calibration_data_is_refused_before_conversion(onnx_model, tmp_path, calib, message):
+    from tinyprune.export.tflite import to_int8_tflite
+
+    with pytest.raises(DataError, match=message):
+        to_int8_tflite(onnx_model, calib, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
