@@ -246,7 +246,12 @@ def export_stage(state: RunState, cfg: CompressConfig):
         raise ExportError(f"saving the pruned model with torch.export failed: {str(exc).splitlines()[0][:200]}") from None
     state.declare("model_pruned.pt2")
     # exact in float; what the int8 graph is built from and compared with
-    int8_source, rewritten = rewrite.for_int8(tuned, state.example) if cfg.export.bn_as_depthwise else (tuned, [])
+    int8_source, equalized = tuned, []
+    if cfg.export.equalize_concats:
+        int8_source, equalized = rewrite.equalize_concats(tuned, torch.from_numpy(splits.x_calib))
+    rewritten = []
+    if cfg.export.bn_as_depthwise:
+        int8_source, rewritten = rewrite.for_int8(int8_source, state.example)
     onnx_diff = export_onnx(int8_source, splits.x_train[:1], tmp / "model.onnx", cfg.export.opset)
     state.declare("model.onnx")
     int8_bytes = tflite.to_int8_tflite(tmp / "model.onnx", splits.x_calib, tmp / "_work")
@@ -268,6 +273,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
     float_acc = _last_float_accuracy(state)
     moved = (device["accuracy"] - float_acc) * 100
     fidelity = {"float_accuracy": float_acc, "moved_points": moved, "batchnorms_as_depthwise": rewritten,
+                "concat_inputs_equalized": equalized,
                 "moved_beyond_tolerance": abs(moved) > FIDELITY_TOLERANCE_POINTS, **layers}
     state.write("model_int8.tflite", int8_bytes)
     counted = count_tflite(int8_bytes)

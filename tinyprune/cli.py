@@ -58,9 +58,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "as in the paper; the demo uses 4 so that its LUT model shrinks)")
     p.add_argument("--calib-samples", type=int, default=None,
                    help="training samples that calibrate the int8 conversion (default 200)")
-    p.add_argument("--keep-batchnorm", action="store_true",
-                   help="export BatchNorms that follow no conv as they are (MUL + ADD in int8) instead of as "
-                        "depthwise 1x1 convs; the same function in float, usually less accurate in int8")
+    p.add_argument("--plain-export", action="store_true",
+                   help="convert the float model to int8 as it is, without the float-exact rewrites that keep "
+                        "int8 close to float (BatchNorms after no conv as depthwise convs, concatenation inputs "
+                        "scaled to the shared int8 range)")
     _criterion_options(p)
     p.add_argument("--plane", action="store_true",
                    help="record the information plane during fine-tuning (plane.json, plane.png)")
@@ -202,7 +203,7 @@ def _config(args):
                         **({"calib_samples": args.calib_samples} if args.calib_samples is not None else {})),
         prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, at_init=args.at_init, options=options),
         finetune=FinetuneConfig(epochs=epochs),
-        export=ExportConfig(bn_as_depthwise=not args.keep_batchnorm),
+        export=ExportConfig(bn_as_depthwise=not args.plain_export, equalize_concats=not args.plain_export),
         plane=args.plane,
     )
 

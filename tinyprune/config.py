@@ -61,8 +61,10 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 18
-    # BatchNorms not folded into a conv go to int8 as depthwise 1x1 convs (tinyprune.export.rewrite)
+    # float-exact rewrites of the exported copy (tinyprune.export.rewrite): BatchNorms not folded
+    # into a conv as depthwise 1x1 convs; channels entering a concatenation scaled to its range
     bn_as_depthwise: bool = True
+    equalize_concats: bool = True
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,64 @@ def test_bad_calibration_data_is_refused_before_conversion(onnx_model, tmp_path,
     with pytest.raises(DataError, match=message):
         to_int8_tflite(onnx_model, calib, tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+class _Dense(nn.Module):
+    """A DenseNet-style block: a stem conv whose small outputs share a concatenation (and so one
+    int8 scale) with a unit's much larger ones; every use of the concatenation is a BatchNorm or
+    a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1, bias=True)
+        self.bn = nn.BatchNorm2d(4)
+        self.unit = nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.mix = nn.Conv2d(8, 3, 1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.unit(torch.relu(self.bn(x))) * 1.0], dim=1)
+        return self.head(self.mix(x).mean((2, 3)) + torch.relu(self.norm(x)).mean((2, 3))[:, :3])
+
+
+def test_concat_equalization_is_exact_and_scales_only_what_every_use_can_absorb():
+    from tinyprune.export.rewrite import MAX_CHANNEL_SCALE, equalize_concats
+
+    torch.manual_seed(0)
+    model = _randomize_bn(_Dense())
+    with torch.no_grad():
+        model.stem.weight.mul_(0.01)  # the stem's outputs span a hundredth of the unit's
+    x = torch.rand(32, 1, 8, 8)
+    out, done = equalize_concats(model, x)
+    # the unit's output is multiplied by 1.0 before the concat (not a conv output): left alone;
+    # the stem's channels are used by a BN, the concat -> BN and the concat -> conv (mix)
+    assert [d["layer"] for d in done] == ["stem"]
+    assert 1.0 < done[0]["scale_max"] <= MAX_CHANNEL_SCALE
+    with torch.no_grad():
+        assert torch.allclose(out(x), model(x), rtol=1e-4, atol=1e-5)
+        assert out.stem.weight.abs().max() > model.stem.weight.abs().max() * 2  # scaled up
+        assert torch.equal(out.unit.weight, model.unit.weight)
+
+
+def test_concat_equalization_leaves_a_producer_with_a_use_that_cannot_absorb_a_scale():
+    from tinyprune.export.rewrite import equalize_concats
+
+    class Leaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            a = self.a(x)
+            return torch.cat([a, self.b(x)], 1).mean((2, 3)) + torch.sigmoid(a).mean((1, 2, 3))[:, None]
+
+    torch.manual_seed(0)
+    model = Leaky().eval()
+    with torch.no_grad():
+        model.a.weight.mul_(0.01)
+    out, done = equalize_concats(model, torch.rand(8, 1, 8, 8))
+    # a's output also goes through a sigmoid, which a scale does not commute with; the mean after
+    # the concat cannot take a scale back either
+    assert done == [] and out is model

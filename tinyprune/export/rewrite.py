@@ -95,3 +95,143 @@ def _has_length_axis(model: nn.Module, path: str, example: torch.Tensor) -> bool
     finally:
         handle.remove()
     return seen.get("dim") == 3
+
+
+# ------------------------------------------------------------------ concatenation range equalization
+#
+# int8 TFLite gives a CONCATENATION's inputs and output one scale. An input whose values span a
+# small part of the concatenation's range (a DenseNet stem next to its units' outputs) is then
+# held in a few dozen levels. Scaling such a producer's output channels up, and every consumer
+# of those channels down by the same factor, computes the same function in float and spends
+# the shared int8 range on every channel.
+
+MAX_CHANNEL_SCALE = 16.0
+_HOMOGENEOUS = {"relu", "relu_", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "dropout"}  # f(s x) = s f(x), s > 0
+
+
+def _channels(node) -> int | None:
+    val = node.meta.get("val")
+    return int(val.shape[1]) if val is not None and val.dim() >= 2 else None
+
+
+def _consumers(node, offset: int, plan: list) -> bool:
+    """Add to ``plan`` how every use of ``node``'s channels [offset, offset + n) absorbs a scale.
+
+    False when some use cannot (the producer is then left alone)."""
+    for user in node.users:
+        op = _op(user)
+        path = _module_path(user)
+        if op in _BATCH_NORMS:
+            plan.append(("bn", path, offset))
+        elif op == "cat" and (user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)) in (1, -3):
+            start = 0
+            for part in user.args[0]:
+                if part is node:
+                    break
+                start += _channels(part) or 0
+            if not _consumers(user, offset + start, plan):
+                return False
+        elif op in _HOMOGENEOUS:
+            if not _consumers(user, offset, plan):
+                return False
+        elif op in _CONVS and user.args[0] is node and (len(user.args) < 7 or user.args[6] == 1):
+            plan.append(("conv_in", path, offset))
+        elif op == "linear" and user.args[0] is node and (node.meta.get("val") is not None
+                                                           and node.meta["val"].dim() == 2):
+            plan.append(("conv_in", path, offset))
+        else:
+            return False
+    return True
+
+
+def _concat_inputs(graph) -> list:
+    """(producer node, first concatenation it enters) for conv outputs that enter a channel concat."""
+    found = []
+    for node in graph.nodes:
+        if node.op != "call_function" or _op(node) != "cat":
+            continue
+        if (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) not in (1, -3):
+            continue
+        for part in node.args[0]:
+            if hasattr(part, "op") and _op(part) in _CONVS and part not in [f[0] for f in found]:
+                found.append((part, node))
+    return found
+
+
+def equalize_concats(model: nn.Module, x_calib: torch.Tensor) -> tuple[nn.Module, list[dict]]:
+    """(a copy of ``model`` whose concatenation inputs use the shared int8 range, what was scaled).
+
+    A convolution's output channels that enter a channel concatenation are scaled up to the
+    concatenation's calibration range (at most ``MAX_CHANNEL_SCALE`` times); each use of those
+    channels takes the scale back: a BatchNorm's statistics and weight, a convolution's input
+    weights. Producers with any other use are left alone. Checked exact on the calibration data."""
+    program = torch.export.export(model.eval(), (x_calib[:1],))
+    graph = program.graph_module.graph
+    candidates = []
+    for producer, concat in _concat_inputs(graph):
+        plan: list = []
+        if _module_path(producer) and _consumers(producer, 0, plan):
+            candidates.append((producer, concat, plan))
+    if not candidates:
+        return model, []
+    ranges = _node_ranges(program, x_calib, {n.name for c in candidates for n in c[:2]})
+    out = copy.deepcopy(model).eval()
+    done = []
+    for producer, concat, plan in candidates:
+        own = ranges[producer.name]
+        scale = (float(ranges[concat.name].max()) / own.clamp_min(1e-12)).clamp(1.0, MAX_CHANNEL_SCALE)
+        if float(scale.max()) <= 1.05:
+            continue
+        _apply(out, _module_path(producer), scale, plan)
+        done.append({"layer": _module_path(producer), "concat": _module_path(concat) or "(top level)",
+                     "channels": int(len(scale)), "scale_max": round(float(scale.max()), 2),
+                     "scale_median": round(float(scale.median()), 2)})
+    with torch.no_grad():
+        ref, got = model(x_calib), out(x_calib)
+    if not torch.allclose(ref, got, rtol=1e-3, atol=1e-4 * float(ref.abs().max())):
+        return model, []  # some use absorbed the scale differently than planned: keep the model as is
+    return out, done
+
+
+def _node_ranges(program, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+    """Per-channel max |value| of the named nodes over the samples of ``x``."""
+    from torch.fx import Interpreter
+
+    ranges: dict[str, torch.Tensor] = {}
+
+    class Recorder(Interpreter):
+        def run_node(self, n):
+            value = super().run_node(n)
+            if n.name in names:
+                r = value.detach().abs().transpose(0, 1).reshape(value.shape[1], -1).amax(1)
+                ranges[n.name] = torch.maximum(ranges[n.name], r) if n.name in ranges else r
+            return value
+
+    module = program.module()  # exported for one sample: run them one by one
+    with torch.no_grad():
+        for i in range(len(x)):
+            Recorder(module).run(x[i:i + 1])
+    return ranges
+
+
+def _apply(model: nn.Module, producer: str, scale: torch.Tensor, plan: list) -> None:
+    n = len(scale)
+    with torch.no_grad():
+        conv = model.get_submodule(producer)
+        conv.weight.mul_(scale.view(n, *([1] * (conv.weight.dim() - 1))))
+        if conv.bias is not None:
+            conv.bias.mul_(scale)
+        for kind, path, offset in plan:
+            module = model.get_submodule(path)
+            sl = slice(offset, offset + n)
+            if kind == "bn":  # BN(s x) with mean s m, var s^2 v and weight g sqrt(s^2 v + eps) / (s sqrt(v + eps))
+                var = module.running_var[sl].clone()
+                new_var = var * scale ** 2
+                if module.weight is not None:
+                    module.weight[sl] *= torch.sqrt(new_var + module.eps) / (scale * torch.sqrt(var + module.eps))
+                else:
+                    raise ValueError("affine-free BatchNorm")
+                module.running_mean[sl] *= scale
+                module.running_var[sl] = new_var
+            else:
+                module.weight[:, sl] /= scale.view(1, n, *([1] * (module.weight.dim() - 2)))
