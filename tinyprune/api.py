@@ -22,11 +22,10 @@ from tinyprune import __version__, targets
 from tinyprune.config import CompressConfig
 from tinyprune.errors import ConfigError, ExportError, UnsupportedOp
 from tinyprune.report import Report, StageRecord, to_markdown
+from tinyprune.device_stages import archive_stage, deployed, export_stage, share_stage
+from tinyprune.state import RunState, measure
 from tinyprune.train import Progress, _quiet
 
-TIMING_REPEATS = 10
-# float -> int8 accuracy change (points) beyond which the console names the layer that lost most SQNR
-FIDELITY_TOLERANCE_POINTS = 0.5
 
 
 @dataclass(frozen=True)
@@ -102,50 +101,10 @@ def _load_stage(source, cfg, data_path, builtin_data):
     return loaded, model, splits
 
 
-@dataclass
-class RunState:
-    """What the stages pass along. Each stage reads what earlier stages set and adds its own."""
-
-    source: ModelSource
-    target: object
-    tmp: Path  # the staging folder; published to ``out`` when every stage succeeded
-    progress: Progress
-    data_path: Path | None = None
-    builtin_data: bool = False
-    loaded: object = None
-    splits: object = None
-    example: object = None
-    model: object = None  # the current float model
-    pruned: object = None  # PruneResult
-    layers: list = field(default_factory=list)
-    deep: object = None  # Deep Compression result
-    int8: dict = field(default_factory=dict)  # int8 flatbuffer and what verifying it produced
-    records: list = field(default_factory=list)
-    artifacts: list = field(default_factory=list)  # files written, in stage order
-
-    def write(self, name: str, content: bytes | str) -> None:
-        """Write an artifact into the staging folder and declare it."""
-        path = self.tmp / name
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-        self.declare(name)
-
-    def declare(self, *names: str) -> None:
-        self.artifacts.extend(n for n in names if n not in self.artifacts)
-
-
 def torch_example(splits):
     import torch
 
     return torch.from_numpy(splits.x_train[:1])
-
-
-def _measure(model, state: RunState, **kw) -> dict:
-    from tinyprune.measure.core import measure_stage
-
-    return measure_stage(model, state.target, repeats=TIMING_REPEATS, **kw)
 
 
 def load_stage(state: RunState, cfg: CompressConfig):
@@ -160,30 +119,36 @@ def load_stage(state: RunState, cfg: CompressConfig):
                               accuracy(state.model, state.splits.x_eval, state.splits.y_eval),
                               time.perf_counter() - t,
                               details={"format": state.loaded.format,
-                                       "measure": _measure(state.model, state, example=state.example)})
+                                       "measure": measure(state.model, state, example=state.example)})
 
 
-def prune_stage(state: RunState, cfg: CompressConfig):
+def _nonzero(model) -> int:
+    return int(sum(int((p != 0).sum()) for p in model.parameters()))
+
+
+def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
     from tinyprune.prune import prune_to_macs
     from tinyprune.train import accuracy, fit
 
     t = time.perf_counter()
     splits = state.splits
     x_info, y_info = analysis_set(splits)
-    pruned = prune_to_macs(state.model, cfg.prune, x_info, y_info, splits.classes,
+    pruned = prune_to_macs(state.source_model, prune_cfg, x_info, y_info, splits.classes,
                            retrain=lambda m, label: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed,
                                                         state.progress, label),
                            train=(splits.x_train, splits.y_train), progress=state.progress, seed=cfg.seed)
     state.pruned, state.model = pruned, pruned.model
-    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, cfg.prune.criterion)
-    return state, StageRecord("pruned", pruned.params_after, pruned.macs_after,
-                              accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                              details={"criterion": cfg.prune.criterion, "steps": pruned.steps,
-                                       "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
-                                       "at_init": cfg.prune.at_init, **pruned.record})
+    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, prune_cfg.criterion)
+    return StageRecord("pruned", pruned.params_after, pruned.macs_after,
+                       accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
+                       nonzero_params=_nonzero(pruned.model),
+                       details={"criterion": prune_cfg.criterion, "steps": pruned.steps,
+                                "sparsity": prune_cfg.sparsity,
+                                "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
+                                "at_init": prune_cfg.at_init, **pruned.record})
 
 
-def finetune_stage(state: RunState, cfg: CompressConfig):
+def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:
     from tinyprune.train import accuracy, fit
 
     t = time.perf_counter()
@@ -202,128 +167,38 @@ def finetune_stage(state: RunState, cfg: CompressConfig):
     else:
         tuned = fit(state.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, state.progress)
     state.model = tuned
-    return state, StageRecord("finetuned", state.pruned.params_after, state.pruned.macs_after,
-                              accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                              details={"epochs": cfg.finetune.epochs,
-                                       **({"plane": {"json": "plane.json", "png": "plane.png",
-                                                     **plane_summary(plane)}} if plane else {}),
-                                       "measure": _measure(tuned, state, example=state.example)})
+    return StageRecord("finetuned", state.pruned.params_after, state.pruned.macs_after,
+                       accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
+                       nonzero_params=_nonzero(tuned),
+                       details={"epochs": cfg.finetune.epochs,
+                                **({"plane": {"json": "plane.json", "png": "plane.png",
+                                              **plane_summary(plane)}} if plane else {}),
+                                "measure": measure(tuned, state, example=state.example)})
 
 
-def deepcompress_stage(state: RunState, cfg: CompressConfig):
-    if cfg.deepcompress is None:
-        return state, []
-    from tinyprune.deepcompress.stage import run_deepcompress
-
-    s = state.splits
-    state.deep = run_deepcompress(state.model, s.x_train, s.y_train, s.x_eval, s.y_eval, cfg.deepcompress,
-                                  cfg.seed, state.progress)
-    state.write("model.tpz", state.deep.archive)
-    state.model = state.deep.model
-    return state, state.deep.records
+def backoff_schedule(sparsity: float) -> list[float]:
+    """The MAC reductions tried, largest first, while the fine-tuned model is over the accuracy budget."""
+    return [round(sparsity * f, 4) for f in (1.0, 0.75, 0.5, 0.25)] + ([0.0] if sparsity > 0 else [])
 
 
-def _last_float_accuracy(state: RunState) -> float:
-    return next(r.accuracy for r in reversed(state.records) if r.accuracy is not None)
+def prune_finetune_stage(state: RunState, cfg: CompressConfig):
+    """Structured pruning, then fine-tuning; pruned less while the fine-tuned model loses more
+    held-out accuracy than --max-accuracy-drop (the int8 model is checked again after export)."""
+    from dataclasses import replace
 
-
-def export_stage(state: RunState, cfg: CompressConfig):
-    import torch
-
-    from tinyprune.export import micro, rewrite, tflite, verify
-    from tinyprune.export.fidelity import compare_layers
-    from tinyprune.export.onnx import export_onnx
-    from tinyprune.measure.core import unsupported_tflite_ops
-    from tinyprune.measure.macs import count_tflite
-
-    t = time.perf_counter()
-    tmp, splits, target = state.tmp, state.splits, state.target
-    tuned = state.model.eval()
-    try:
-        program = torch.export.export(tuned, (state.example,))
-        torch.export.save(program, str(tmp / "model_pruned.pt2"))
-    except Exception as exc:
-        raise ExportError(f"saving the pruned model with torch.export failed: {str(exc).splitlines()[0][:200]}") from None
-    state.declare("model_pruned.pt2")
-    # exact in float; what the int8 graph is built from and compared with
-    int8_source, equalized = tuned, []
-    if cfg.export.equalize_concats:
-        int8_source, equalized = rewrite.equalize_concats(tuned, torch.from_numpy(splits.x_calib))
-    rewritten = []
-    if cfg.export.bn_as_depthwise:
-        int8_source, rewritten = rewrite.for_int8(int8_source, state.example)
-    onnx_diff = export_onnx(int8_source, splits.x_train[:1], tmp / "model.onnx", cfg.export.opset)
-    state.declare("model.onnx")
-    int8_bytes = tflite.to_int8_tflite(tmp / "model.onnx", splits.x_calib, tmp / "_work")
-    shutil.rmtree(tmp / "_work")
-    io = tflite.io_details(int8_bytes)
-    missing = unsupported_tflite_ops(int8_bytes, target)
-    if missing:
-        raise UnsupportedOp(f"the int8 model uses op(s) that {target.name}'s TFLM runtime lacks: {', '.join(missing)}")
-    xq = tflite.device_input(int8_bytes, splits.x_eval)
-    arena = micro.smallest_arena(int8_bytes, xq[:1])
-    layers = compare_layers(int8_source, int8_bytes, splits.x_calib)
-    device, tflm_out = verify.device_accuracy(int8_bytes, splits.x_eval, splits.y_eval, arena)
-    if verify.collapsed(tflm_out):
-        where = next((e for e in layers["layers"] if e["constant_over_samples"]), layers["blame"])
-        raise ExportError("the int8 model gives the same output for every input"
-                          + (f"; its activations stop depending on the input at {where['layer']} ({where['op']})"
-                             if where else "") + "; check the calibration data and the layer's value range")
-    verify.check_agreement(device)
-    float_acc = _last_float_accuracy(state)
-    moved = (device["accuracy"] - float_acc) * 100
-    fidelity = {"float_accuracy": float_acc, "moved_points": moved, "batchnorms_as_depthwise": rewritten,
-                "concat_inputs_equalized": equalized,
-                "moved_beyond_tolerance": abs(moved) > FIDELITY_TOLERANCE_POINTS, **layers}
-    state.write("model_int8.tflite", int8_bytes)
-    counted = count_tflite(int8_bytes)
-    source_cc, header = micro.c_array(int8_bytes)
-    state.write("model_data.cc", source_cc)
-    state.write("model_data.h", header)
-    state.int8 = {"bytes": int8_bytes, "xq": xq, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena}
-    return state, StageRecord(
-        "int8", counted["params"], counted["macs"], device["accuracy"], time.perf_counter() - t,
-        flash_bytes=len(int8_bytes), arena_bytes=arena,
-        details={
-            "onnx_max_abs_diff": onnx_diff,
-            "io": io,
-            "tflm": device,
-            "fidelity": fidelity,
-            "ops": counted["layers"],
-            "measure": _measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx"),
-        },
-    )
-
-
-def lut_stage(state: RunState, cfg: CompressConfig):
-    """TFLM LUT compression of the clustered int8 model (DECODE ops), checked bit-exact in TFLM."""
-    if state.deep is None:
-        return state, []
-    int8_bytes, xq, y = (state.int8[k] for k in ("bytes", "xq", "y"))
-    from tinyprune.export import micro
-    from tinyprune.export.lut import lut_compress, verify_bit_exact
-    from tinyprune.measure.macs import count_tflite
-
-    t = time.perf_counter()
-    lut = lut_compress(int8_bytes, max_bits=cfg.deepcompress.bits)
-    check, lut_out = verify_bit_exact(int8_bytes, lut.model, xq, want=state.int8["tflm_out"],
-                                      arena_before=state.int8["arena"])
-    if not check["bit_exact"]:
-        raise ExportError(f"the LUT-compressed model differs from the int8 model in TFLM on "
-                          f"{check['samples_differing']} of {check['samples']} samples; please report this model")
-    state.write("model_int8_lut.tflite", lut.model)
-    source_cc, header = micro.c_array(lut.model, "g_model_lut_data", "model_lut_data.h")
-    state.write("model_lut_data.cc", source_cc)
-    state.write("model_lut_data.h", header)
-    counted = count_tflite(int8_bytes)  # the DECODE graph computes the same layers
-    return state, StageRecord(
-        "int8_lut", counted["params"], counted["macs"],
-        float((lut_out.reshape(len(lut_out), -1).argmax(1) == y).mean()), time.perf_counter() - t,
-        flash_bytes=len(lut.model), arena_bytes=check["arena_after"],
-        details={"lut": lut.to_dict(), "tflm_check": check,
-                 "measure": _measure(lut.model, state, arena_bytes=check["arena_after"]),
-                 "accuracy_measured_on": f"all {check['samples']} held-out samples in TFLM"},
-    )
+    state.source_model = state.model
+    floor = state.records[0].accuracy - cfg.max_accuracy_drop / 100
+    tried = []
+    for sparsity in backoff_schedule(cfg.prune.sparsity):
+        pruned = _prune(state, cfg, replace(cfg.prune, sparsity=sparsity))
+        tuned = _finetune(state, cfg)
+        tried.append({"sparsity": sparsity, "macs_removed": pruned.details["macs_removed"],
+                      "finetuned_accuracy": tuned.accuracy})
+        if tuned.accuracy >= floor - 1e-12:
+            break
+    pruned.details["backoff"] = {"asked": cfg.prune.sparsity, "used": tried[-1]["sparsity"], "tried": tried,
+                                 "accuracy_floor": floor}
+    return state, [pruned, tuned]
 
 
 ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost grows as N^2
@@ -331,7 +206,7 @@ ANALYSIS_SAMPLES = 600  # MI needs more samples than int8 calibration; KDE cost 
 
 
 # The pipeline: each stage is (state, cfg) -> (state, StageRecord or list of them).
-STAGES = (load_stage, prune_stage, finetune_stage, deepcompress_stage, export_stage, lut_stage)
+STAGES = (load_stage, prune_finetune_stage, export_stage, share_stage, archive_stage)
 REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
@@ -355,6 +230,7 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         layers=state.layers,
         artifacts=[str(out / a) for a in state.artifacts],
         compression=state.deep.to_dict() if state.deep is not None else None,
+        deployed=deployed(state, cfg),
     )
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp / "report.md").write_text(to_markdown(report))

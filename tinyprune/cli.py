@@ -50,12 +50,20 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "then train it for --finetune-epochs")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, pruning and training (default 0)")
     p.add_argument("--no-deepcompress", action="store_true",
-                   help="skip Deep Compression (weight pruning, k-means weight sharing, Huffman archive, TFLM LUT model)")
-    p.add_argument("--weight-sparsity", type=_sparsity, default=0.5,
-                   help="fraction of each layer's remaining weights set to zero by magnitude (default 0.5)")
+                   help="skip weight sharing (the LUT-compressed int8 model for TFLM) and the archive")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="held-out accuracy points the deployed int8 model may lose against the original "
+                        "(default 1.0); pruning backs off and weight sharing widens its indices to stay within it")
+    p.add_argument("--lut-bits", type=int, default=None,
+                   help="fewest LUT index bits weight sharing tries per layer (default 4; up to 7)")
+    p.add_argument("--archive", action="store_true",
+                   help="also write model.tpz: Deep Compression's storage/OTA archive (weight pruning, "
+                        "weight sharing, Huffman coding), reported with its own bytes and accuracy")
+    p.add_argument("--weight-sparsity", type=_sparsity, default=None,
+                   help="--archive: fraction of each layer's remaining weights set to zero by magnitude (default 0.5)")
     p.add_argument("--bits", default=None,
-                   help="shared-weight index bits: one number or per kind, e.g. conv=8,fc=5 (compress default, "
-                        "as in the paper; the demo uses 4 so that its LUT model shrinks)")
+                   help="--archive: shared-weight index bits, one number or per kind, e.g. conv=8,fc=5 "
+                        "(default, as in the paper)")
     p.add_argument("--calib-samples", type=int, default=None,
                    help="training samples that calibrate the int8 conversion (default 200)")
     p.add_argument("--plain-export", action="store_true",
@@ -187,16 +195,25 @@ def _config(args):
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     epochs = args.finetune_epochs if args.finetune_epochs is not None else (8 if args.command == "demo" else 3)
-    deep = None
+    if (args.bits is not None or args.weight_sparsity is not None) and not args.archive:
+        raise ConfigError("--bits and --weight-sparsity shape the .tpz archive; add --archive (the device model's "
+                          "LUT bits are searched, see --lut-bits)")
+    if args.no_deepcompress and (args.archive or args.lut_bits is not None):
+        raise ConfigError("--no-deepcompress turns weight sharing and the archive off; drop --archive/--lut-bits")
+    deep = sharing = None
     if not args.no_deepcompress:
-        from tinyprune.deepcompress.stage import DeepCompressConfig
+        from tinyprune.deepcompress.deploy import SharingConfig
 
-        # lut_ready: one of the 2^b codes stays for the pruned zero, so the int8 model
-        # LUT-compresses at b bits per channel (the deployable half of Deep Compression).
-        bits = args.bits or ("4" if args.command == "demo" else "conv=8,fc=5")
-        deep = DeepCompressConfig(weight_sparsity=args.weight_sparsity, bits=bits, lut_ready=True)
+        sharing = SharingConfig(**({"min_bits": args.lut_bits} if args.lut_bits is not None else {}))
+        if args.archive:
+            from tinyprune.deepcompress.stage import DeepCompressConfig
+
+            deep = DeepCompressConfig(weight_sparsity=0.5 if args.weight_sparsity is None else args.weight_sparsity,
+                                      bits=args.bits or "conv=8,fc=5")
     return CompressConfig(
         deepcompress=deep,
+        sharing=sharing,
+        max_accuracy_drop=args.max_accuracy_drop,
         target=args.target,
         seed=args.seed,
         data=DataConfig(layout=getattr(args, "layout", "auto"),
@@ -272,6 +289,15 @@ def _print_report(report) -> None:
             f"int8 departs from its float model: {fid['float_accuracy']:.2%} -> {int8.accuracy:.2%} in TFLM "
             f"({fid['moved_points']:+.2f} points); most SQNR is lost at {blame.get('layer', 'an unmapped layer')} "
             f"({blame.get('sqnr_lost_db', 'n/a')} dB), see the fidelity table in report.md")
+    dep = report.deployed or {}
+    if dep:
+        sharing = dep.get("weight_sharing") or {}
+        budget = "within" if dep["within_accuracy_budget"] else "OVER"
+        console.print(
+            f"deployed: {dep['artifact']} ({dep['flash_bytes']:,} B flash, {dep['arena_bytes']:,} B arena, "
+            f"{dep['accuracy']:.2%} in TFLM, {dep['accuracy_drop_points']:+.2f} points lost, {budget} the "
+            f"--max-accuracy-drop of {dep['max_accuracy_drop_points']:g}); weight sharing: "
+            + (sharing.get("reason", "") if sharing else "off"))
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
 
 

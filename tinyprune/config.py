@@ -75,12 +75,26 @@ class CompressConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    # tinyprune.deepcompress.stage.DeepCompressConfig, or None to skip the stage. Kept untyped
-    # here so that reading a config does not import torch.
+    # Deep Compression's archive (--archive): tinyprune.deepcompress.stage.DeepCompressConfig, or
+    # None. Kept untyped here so that reading a config does not import torch.
     deepcompress: object | None = None
+    # weight sharing for the device: tinyprune.deepcompress.deploy.SharingConfig, or None to skip
+    sharing: object | None = None
+    # the most held-out accuracy (points) the deployed int8 model may lose against the original;
+    # structured pruning backs off and weight sharing widens its indices to stay within it
+    max_accuracy_drop: float = 1.0
     plane: bool = False  # record the information plane during fine-tuning (plane.json, plane.png)
+
+    def __post_init__(self):
+        import math
+
+        drop = self.max_accuracy_drop
+        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop) \
+                or not 0 <= drop <= 100:
+            raise ConfigError(f"--max-accuracy-drop is in accuracy points, 0..100; got {drop!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["deepcompress"] = self.deepcompress.to_dict() if self.deepcompress is not None else None
+        d["sharing"] = self.sharing.to_dict() if self.sharing is not None else None
         return d

@@ -173,3 +173,20 @@ def test_int8_conversion_that_collapses_names_the_layer_and_publishes_nothing(ca
     assert_one_line(err, "the int8 model gives the same output for every input", "at 1 (linear) (FULLY_CONNECTED)")
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")] == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--max-accuracy-drop", "-1"], "--max-accuracy-drop is in accuracy points, 0..100"),
+    (["--max-accuracy-drop", "nan"], "--max-accuracy-drop is in accuracy points, 0..100"),
+    (["--max-accuracy-drop", "101"], "--max-accuracy-drop is in accuracy points, 0..100"),
+    (["--lut-bits", "8"], "--lut-bits must be in 1..7"),
+    (["--bits", "4"], "add --archive"),
+    (["--weight-sparsity", "0.3"], "add --archive"),
+    (["--no-deepcompress", "--archive"], "--no-deepcompress turns weight sharing and the archive off"),
+])
+def test_bad_budget_and_sharing_options_exit_2_before_loading(capsys, tmp_path, digits_npz, args, needle):
+    # the model file does not exist: the options must be refused before it is looked at
+    code, err = run(capsys, "compress", tmp_path / "missing.pt", "--data", digits_npz, "--out", tmp_path / "o", *args)
+    assert code == 2
+    assert_one_line(err, needle)
+    assert not (tmp_path / "o").exists()

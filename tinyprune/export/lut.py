@@ -206,17 +206,20 @@ def _replace(plan: LutTensor, **changes) -> LutTensor:
     return LutTensor(**{**asdict(plan), **changes})
 
 
-def lut_compress(int8_bytes: bytes, max_bits: "int | dict | str" = LUT_MAX_BITS) -> LutResult:
+def lut_compress(int8_bytes: bytes, max_bits: "int | dict | str" = LUT_MAX_BITS, skip: "set[int]" = frozenset()) -> LutResult:
     """LUT-compress every int8 conv/depthwise/FC weight that needs fewer than 8 index bits.
 
     ``max_bits`` caps the index width: one int for all, ``{"conv": 4, "fc": 4}`` (op names
     such as ``"DEPTHWISE_CONV_2D"`` also work), or ``"conv=4,fc=4"``. A tensor needing more,
     one the compressor refuses, or one whose DECODE op would cost more flash than it saves
-    stays plain int8 and is listed with the reason.
+    stays plain int8 and is listed with the reason. Tensors in ``skip`` (indices) stay plain
+    int8 because their decoded copy would not fit in the target's RAM.
     """
     int8_bytes = bytes(int8_bytes)
     limits = _limits(max_bits)
     plans = [_plan(i, d, v, ops, limits) for i, d, v, ops in _weight_tensors(int8_bytes)]
+    plans = [_replace(p, reason="its decoded copy would not fit in the target's RAM beside the arena")
+             if p.tensor in skip and p.compressed else p for p in plans]
     # Each candidate alone, through the real tool: its true flash effect, and any refusal.
     # (Small models have few weight tensors, so one extra rewrite each is cheap.)
     for n, p in enumerate(plans):

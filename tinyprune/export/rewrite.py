@@ -158,19 +158,23 @@ def _concat_inputs(graph) -> list:
     return found
 
 
-def equalize_concats(model: nn.Module, x_calib: torch.Tensor) -> tuple[nn.Module, list[dict]]:
+def equalize_concats(model: nn.Module, x_calib: torch.Tensor,
+                     absorb_in_convs: bool = True) -> tuple[nn.Module, list[dict]]:
     """(a copy of ``model`` whose concatenation inputs use the shared int8 range, what was scaled).
 
     A convolution's output channels that enter a channel concatenation are scaled up to the
     concatenation's calibration range (at most ``MAX_CHANNEL_SCALE`` times); each use of those
     channels takes the scale back: a BatchNorm's statistics and weight, a convolution's input
-    weights. Producers with any other use are left alone. Checked exact on the calibration data."""
+    weights. Producers with any other use are left alone. Checked exact on the calibration data.
+    ``absorb_in_convs=False`` also leaves producers whose channels reach a convolution's input
+    weights: scaling those would give a weight-shared layer more distinct values per channel."""
     program = torch.export.export(model.eval(), (x_calib[:1],))
     graph = program.graph_module.graph
     candidates = []
     for producer, concat in _concat_inputs(graph):
         plan: list = []
-        if _module_path(producer) and _consumers(producer, 0, plan):
+        if _module_path(producer) and _consumers(producer, 0, plan) and (
+                absorb_in_convs or all(kind == "bn" for kind, _, _ in plan)):
             candidates.append((producer, concat, plan))
     if not candidates:
         return model, []

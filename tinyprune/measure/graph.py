@@ -156,3 +156,23 @@ def read_graph(data: bytes) -> Graph:
     except Exception as exc:  # a truncated or corrupt flatbuffer fails somewhere in the accessors
         raise UnsupportedModel(f"the TFLite flatbuffer is corrupt or truncated ({type(exc).__name__})") from None
     return Graph(tensors, ops, inputs, outputs, model.SubgraphsLength(), other)
+
+
+def nonzero_constants(data: bytes, indices) -> int | None:
+    """Nonzero entries of the given constant int8/int32 tensors of subgraph 0 (None if any is packed
+    or of another type: a LUT-compressed weight holds indices, not values)."""
+    s = _schema()
+    model = s.Model.GetRootAs(data, 0)
+    sg = model.Subgraphs(0)
+    total = 0
+    for i in indices:
+        t = sg.Tensors(i)
+        dtype = {9: np.int8, 2: np.int32}.get(int(t.Type()))
+        raw = model.Buffers(int(t.Buffer())).DataAsNumpy()
+        if dtype is None or not isinstance(raw, np.ndarray):
+            return None
+        values = raw.view(dtype)
+        if values.size != (int(np.prod(t.ShapeAsNumpy())) if t.ShapeLength() else 1):
+            return None
+        total += int(np.count_nonzero(values))
+    return total

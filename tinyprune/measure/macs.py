@@ -156,9 +156,10 @@ def count_tflite(model_bytes: bytes) -> dict:
     """Per-op MACs and total parameters of a TFLite flatbuffer, read from its own graph.
 
     ``params`` counts the weights and biases of the dense ops (conv, depthwise, fully
-    connected), each constant tensor once (also when the converter lets equal tensors share one buffer).
+    connected), each constant tensor once (also when the converter lets equal tensors share one buffer);
+    ``nonzero_params`` how many of them are not zero (None when weights are stored as LUT indices).
     """
-    from tinyprune.measure.graph import read_graph
+    from tinyprune.measure.graph import nonzero_constants, read_graph
 
     g = read_graph(model_bytes)
     layers, params, seen = [], 0, set()
@@ -171,7 +172,8 @@ def count_tflite(model_bytes: bytes) -> dict:
                     params += g.tensors[i].numel
         out = list(g.tensors[op.outputs[0]].shape) if op.outputs else []
         layers.append({"op": op.op, "output_shape": out, "macs": macs})
-    return {"macs": sum(l["macs"] for l in layers), "params": params, "layers": layers}
+    return {"macs": sum(l["macs"] for l in layers), "params": params, "layers": layers,
+            "nonzero_params": nonzero_constants(model_bytes, sorted(seen))}
 
 
 # -------------------------------------------------------------------------------------------- ONNX

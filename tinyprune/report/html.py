@@ -91,7 +91,8 @@ def _stages(report: dict) -> list[dict]:
         m = (s.get("details") or {}).get("measure")
         flash = s.get("flash_bytes") if s.get("flash_bytes") is not None else (m["totals"]["flash_bytes"] if m else None)
         arena = s.get("arena_bytes") if s.get("arena_bytes") is not None else (m["totals"]["arena_bytes"] if m else None)
-        out.append({"name": s["name"], "params": s.get("params"), "macs": s.get("macs"), "accuracy": s.get("accuracy"),
+        out.append({"name": s["name"], "params": s.get("params"), "nonzero": s.get("nonzero_params"),
+                    "macs": s.get("macs"), "accuracy": s.get("accuracy"),
                     "flash": flash, "arena": arena, "measure": m, "ops": (s.get("details") or {}).get("ops")})
     return out
 
@@ -247,12 +248,21 @@ def render_html(report: dict) -> str:
                  + f": {_size(target.get('flash_bytes'))} flash, {_size(target.get('ram_bytes'))} RAM, "
                  f"{target.get('clock_hz', 0) / 1e6:g} MHz.</p>")
 
+    dep = report.get("deployed")
+    if dep:
+        sharing = (dep.get("weight_sharing") or {}).get("reason", "")
+        parts.append(f"<p><b>Deployed:</b> <code>{_e(dep['artifact'])}</code>, {_size(dep['flash_bytes'])} flash, "
+                     f"{_size(dep['arena_bytes'])} arena, {100 * dep['accuracy']:.2f} % in TFLM "
+                     f"({dep['accuracy_drop_points']:+.2f} points against the original; budget "
+                     f"{dep['max_accuracy_drop_points']:g}: {'held' if dep['within_accuracy_budget'] else 'EXCEEDED'})."
+                     + (f" Weight sharing: {_e(sharing)}." if sharing else "") + "</p>")
     parts.append("<h2>Stages</h2>")
     rows = []
     for s in stages:
         acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f} %"
-        rows.append([_e(s["name"]), _num(s["params"]), _num(s["macs"]), acc, _size(s["flash"]), _size(s["arena"])])
-    parts.append(_table(["stage", "params", "MACs", "accuracy", "flash", "TFLM arena"], rows))
+        rows.append([_e(s["name"]), _num(s["params"]), _num(s.get("nonzero")), _num(s["macs"]), acc, _size(s["flash"]),
+                     _size(s["arena"])])
+    parts.append(_table(["stage", "stored params", "nonzero", "MACs", "accuracy", "flash", "TFLM arena"], rows))
     fits = report.get("fits_target")
     if fits:
         parts.append("<p>Fits " + _e(tname) + ": flash " + ("<span class='ok'>yes</span>" if fits.get("flash") else "<span class='bad'>NO</span>")

@@ -10,14 +10,15 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class StageRecord:
-    name: str  # original | pruned | finetuned | int8
-    params: int
+    name: str  # original | pruned | finetuned | int8 | int8_lut | weight_pruned | clustered | huffman
+    params: int  # stored parameters (what the model holds, zeros included)
     macs: int
     accuracy: float | None  # on the held-out split; None where not measured
     seconds: float  # wall time the stage took
     flash_bytes: int | None = None  # int8 stage: flatbuffer size
     arena_bytes: int | None = None  # int8 stage: smallest TFLM arena that runs the model
     details: dict[str, Any] = field(default_factory=dict)
+    nonzero_params: int | None = None  # stored parameters that are not zero; None where not countable
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,7 +34,8 @@ class Report:
     stages: list[StageRecord]
     layers: list[dict]
     artifacts: list[str]
-    compression: dict | None = None  # Deep Compression: archive sizes, ratios, per-layer table
+    compression: dict | None = None  # Deep Compression archive (--archive): sizes, ratios, per-layer table
+    deployed: dict | None = None  # the artifact that goes on the device, its cost, the accuracy budget
     schema_version: int = SCHEMA_VERSION
 
     def stage(self, name: str) -> StageRecord:
@@ -41,10 +43,11 @@ class Report:
 
     @property
     def fits(self) -> dict:
-        int8 = self.stage("int8")
+        """Whether the deployed model's flatbuffer and arena fit the target."""
+        on_device = self.stage(self.deployed["stage"]) if self.deployed else self.stage("int8")
         return {
-            "flash": int8.flash_bytes <= self.target["flash_bytes"],
-            "ram": int8.arena_bytes <= self.target["ram_bytes"],
+            "flash": on_device.flash_bytes <= self.target["flash_bytes"],
+            "ram": on_device.arena_bytes <= self.target["ram_bytes"],
         }
 
     def to_dict(self) -> dict:
@@ -59,5 +62,6 @@ class Report:
             "layers": self.layers,
             "fits_target": self.fits,
             "compression": self.compression,
+            "deployed": self.deployed,
             "artifacts": self.artifacts,
         }

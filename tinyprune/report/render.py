@@ -24,12 +24,13 @@ def _kib(v: int | None) -> str:
 def summary_rows(report: Report) -> list[list[str]]:
     """Rows of the stage table: stage, params, MACs, accuracy, flash, arena, seconds."""
     return [
-        [s.name, _num(s.params), _num(s.macs), _pct(s.accuracy), _kib(s.flash_bytes), _kib(s.arena_bytes), f"{s.seconds:.1f}"]
+        [s.name, _num(s.params), _num(s.nonzero_params), _num(s.macs), _pct(s.accuracy), _kib(s.flash_bytes),
+         _kib(s.arena_bytes), f"{s.seconds:.1f}"]
         for s in report.stages
     ]
 
 
-HEADER = ["stage", "params", "MACs", "accuracy", "flash", "TFLM arena", "seconds"]
+HEADER = ["stage", "stored params", "nonzero", "MACs", "accuracy", "flash", "TFLM arena", "seconds"]
 
 
 def to_markdown(report: Report) -> str:
@@ -97,12 +98,33 @@ def to_markdown(report: Report) -> str:
             f"{i['zero_point']}: q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} "
             f"with scale {o['scale']:.6g}, zero point {o['zero_point']}.",
         ]
+    dep = r.deployed
+    if dep:
+        sharing = dep.get("weight_sharing") or {}
+        lines += ["", "## Deployed model and accuracy budget", "",
+                  f"On the device: `{dep['artifact']}`, {_num(dep['flash_bytes'])} B flash, {_num(dep['arena_bytes'])} B "
+                  f"arena, {_pct(dep['accuracy'])} held-out accuracy in TFLM: {dep['accuracy_drop_points']:+.2f} points "
+                  f"against the original model, {'within' if dep['within_accuracy_budget'] else 'OVER'} the budget of "
+                  f"{dep['max_accuracy_drop_points']:g} (`--max-accuracy-drop`)."]
+        pruned = next((s for s in r.stages if s.name == "pruned"), None)
+        backoff = pruned.details.get("backoff") if pruned is not None else None
+        if backoff and len(backoff["tried"]) > 1:
+            lines.append(f"Structured pruning backed off from {backoff['asked']:.0%} to {backoff['used']:.0%} of the "
+                         "MACs to stay within the budget: " + "; ".join(
+                             f"{t['sparsity']:.0%} -> {_pct(t['finetuned_accuracy'])}" for t in backoff["tried"]) + ".")
+        if sharing:
+            lines.append(f"Weight sharing (LUT-compressed int8 for TFLM): {sharing.get('reason', '')}.")
+            if sharing.get("trials"):
+                lines += ["", "| LUT bits | float accuracy | int8 accuracy (TFLM) | flash | arena | verdict |",
+                          "|---|---|---|---|---|---|"]
+                lines += [f"| {t['bits']} | {_pct(t['float_accuracy'])} | {_pct(t['int8_accuracy'])} | "
+                          f"{_num(t['flash_bytes'])} | {_num(t['arena_bytes'])} | {t['verdict']} |" for t in sharing["trials"]]
     if r.compression:
         c = r.compression
         ratios = c["sizes"]["ratios"]
         lines += [
             "",
-            "## Deep Compression (archive `model.tpz`)",
+            "## Deep Compression archive (`model.tpz`, storage/OTA; not what the device runs)",
             "",
             f"Dense fp32 {c['sizes']['dense_bytes']:,} B -> archive {c['archive_bytes']:,} B. Compression vs fp32: "
             f"pruning {ratios['P']:.1f}x, + quantization {ratios['P+Q']:.1f}x, + Huffman {ratios['P+Q+H']:.1f}x "

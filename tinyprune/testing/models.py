@@ -78,6 +78,25 @@ class ConcatNet(nn.Module):
         return self.head(torch.flatten(self.fuse(x), 1))
 
 
+def _ds(cin: int, cout: int, stride: int, act=nn.ReLU) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), act(),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act()]
+
+
+def ds_cnn() -> nn.Module:
+    """The keyword-spotting DS-CNN shape (MLPerf Tiny): a conv, then depthwise-separable blocks."""
+    return nn.Sequential(nn.Conv2d(1, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                         *_ds(64, 64, 1), *_ds(64, 64, 1), *_ds(64, 64, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def mobilenet() -> nn.Module:
+    """The MobileNet-v1 shape (strided depthwise-separable blocks, ReLU6), scaled to 8x8 digits."""
+    return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                         *_ds(32, 64, 1, nn.ReLU6), *_ds(64, 128, 2, nn.ReLU6), *_ds(128, 128, 1, nn.ReLU6),
+                         *_ds(128, 256, 2, nn.ReLU6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+
+
 def dw_residual() -> nn.Module:
     return DWResidual()
 
@@ -86,4 +105,5 @@ def concat_net() -> nn.Module:
     return ConcatNet()
 
 
-MODELS = {"mlp": mlp, "cnn_bn": cnn_bn, "digits_cnn": digits_cnn, "dw_residual": dw_residual, "concat_net": concat_net}
+MODELS = {"mlp": mlp, "cnn_bn": cnn_bn, "digits_cnn": digits_cnn, "dw_residual": dw_residual, "concat_net": concat_net,
+          "ds_cnn": ds_cnn, "mobilenet": mobilenet}
