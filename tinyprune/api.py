@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +72,18 @@ def staged_output(out: Path):
 
 
 def compress(source: ModelSource, cfg: CompressConfig, *, data_path: Path | None = None,
-             out_dir: Path | None = None, progress: Progress = _quiet, builtin_data: bool = False) -> Report:
-    """Run the whole pipeline; return the report (also written to ``out_dir``)."""
+             out_dir: Path | None = None, progress: Progress = _quiet, builtin_data: bool = False,
+             fit=None) -> Report:
+    """Run the whole pipeline; return the report (also written to ``out_dir``).
+
+    ``fit``: a ``tinyprune.fit.FitBudgets``; the MAC reduction is then searched for the most
+    accurate deployed model within those budgets (``cfg.prune.sparsity`` is not used)."""
     target = targets.load(cfg.target)  # fail on a bad target before any slow work
+    if fit is not None:
+        fit.limits(target)  # a target with no room for a model fails before any slow work
     out = Path(out_dir) if out_dir else default_out_dir(source.path)
     with staged_output(out) as tmp:
-        report = _run(source, cfg, target, data_path, builtin_data, tmp, out, progress)
+        report = _run(source, cfg, target, data_path, builtin_data, tmp, out, progress, fit)
     return report
 
 
@@ -210,13 +216,28 @@ STAGES = (load_stage, prune_finetune_stage, export_stage, share_stage, archive_s
 REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
-def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress) -> Report:
+def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress, fit=None) -> Report:
     from tinyprune.report.html import write_html
 
     state = RunState(source, target, tmp, progress, data_path, builtin_data)
-    for stage in STAGES:
-        state, produced = stage(state, cfg)
-        state.records.extend(produced if isinstance(produced, (list, tuple)) else [produced])
+    fit_summary = None
+    if fit is None:
+        for stage in STAGES:
+            state, produced = stage(state, cfg)
+            state.records.extend(produced if isinstance(produced, (list, tuple)) else [produced])
+    else:
+        from tinyprune import fit as fit_mod
+
+        state, produced = load_stage(state, cfg)
+        state.records.append(produced)
+        chosen, trials, limits = fit_mod.search(state, cfg, fit, tmp)
+        fit_mod.adopt(chosen, trials, tmp)
+        state = chosen["state"]
+        fit_summary = fit_mod.summary(chosen, trials, limits)
+        fit_mod.pareto_png(fit_summary, tmp / "fit.png")
+        state.declare("fit.png")
+        # the report states the configuration found; the user's accuracy budget is reported against
+        cfg = replace(cfg, prune=replace(cfg.prune, sparsity=chosen["sparsity"]), deepcompress=None)
     state.declare(*REPORT_FILES)
     splits = state.splits
     report = Report(
@@ -231,6 +252,7 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         artifacts=[str(out / a) for a in state.artifacts],
         compression=state.deep.to_dict() if state.deep is not None else None,
         deployed=deployed(state, cfg),
+        fit=fit_summary,
     )
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (tmp / "report.md").write_text(to_markdown(report))
@@ -358,15 +380,17 @@ def train_demo_model(seed: int = 0, epochs: int = 15, progress: Progress = _quie
     return fit(model, splits.x_train, splits.y_train, FinetuneConfig(epochs=epochs, lr=3e-3), seed, progress, "train")
 
 
-def demo(cfg: CompressConfig, out_dir: Path | None = None, progress: Progress = _quiet) -> Report:
+def demo(cfg: CompressConfig, out_dir: Path | None = None, progress: Progress = _quiet, fit=None) -> Report:
     import torch
 
     out = Path(out_dir) if out_dir else Path("tinyprune-out") / "demo"
-    targets.load(cfg.target)  # a bad target fails before the training
+    target = targets.load(cfg.target)  # a bad target fails before the training
+    if fit is not None:
+        fit.limits(target)
     model = train_demo_model(cfg.seed, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Kept beside the results so `tinyprune compress` can be tried on it by hand. Only
     # torch.nn classes: it loads through the safe (weights_only) path like a user's file.
     path = out.parent / "digits_cnn.pt"
     torch.save(model, path)
-    return compress(ModelSource(path), cfg, out_dir=out, progress=progress, builtin_data=True)
+    return compress(ModelSource(path), cfg, out_dir=out, progress=progress, builtin_data=True, fit=fit)

@@ -64,6 +64,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default=None,
                    help="--archive: shared-weight index bits, one number or per kind, e.g. conv=8,fc=5 "
                         "(default, as in the paper)")
+    p.add_argument("--fit", action="store_true",
+                   help="search the MAC reduction (instead of --sparsity) for the most accurate deployed model that "
+                        "fits the target's flash and RAM and the --max-* budgets; exit 1 when nothing fits")
+    p.add_argument("--max-flash", default=None, help="--fit: flatbuffer budget, e.g. 64KiB (default: the target's)")
+    p.add_argument("--max-ram", default=None, help="--fit: TFLM arena budget, e.g. 32KiB (default: the target's)")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="--fit: predicted latency budget on the target")
+    p.add_argument("--max-energy-uj", type=float, default=None, help="--fit: predicted energy budget per inference")
     p.add_argument("--calib-samples", type=int, default=None,
                    help="training samples that calibrate the int8 conversion (default 200)")
     p.add_argument("--plain-export", action="store_true",
@@ -225,6 +232,22 @@ def _config(args):
     )
 
 
+def _fit_budgets(args):
+    given = [f for f in ("max_flash", "max_ram", "max_latency_ms", "max_energy_uj") if getattr(args, f) is not None]
+    if args.fit and args.archive:
+        raise ConfigError("--fit searches the deployed model; the --archive is a separate product, make it in its own run")
+    if not args.fit:
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} is a --fit budget; add --fit")
+        return None
+    from tinyprune.budget import parse_size
+    from tinyprune.fit import FitBudgets
+
+    sizes = {k: parse_size(getattr(args, k), f"--{k.replace('_', '-')}") for k in ("max_flash", "max_ram")
+             if getattr(args, k) is not None}
+    return FitBudgets(**sizes, max_latency_ms=args.max_latency_ms, max_energy_uj=args.max_energy_uj)
+
+
 class _Bar:
     """A rich progress bar on stderr, created on first use."""
 
@@ -289,6 +312,11 @@ def _print_report(report) -> None:
             f"int8 departs from its float model: {fid['float_accuracy']:.2%} -> {int8.accuracy:.2%} in TFLM "
             f"({fid['moved_points']:+.2f} points); most SQNR is lost at {blame.get('layer', 'an unmapped layer')} "
             f"({blame.get('sqnr_lost_db', 'n/a')} dB), see the fidelity table in report.md")
+    if report.fit:
+        for i, t in enumerate(report.fit["trials"]):
+            console.print(f"{'->' if i == report.fit['chosen'] else '  '} --fit trial: {t['sparsity']:.0%} MACs "
+                          f"removed, {t['artifact']}, {t['accuracy']:.2%}, {t['flash_bytes']:,} B flash, "
+                          f"{t['arena_bytes']:,} B arena: {'fits' if t['fits'] else 'misses ' + ', '.join(t['misses'])}")
     dep = report.deployed or {}
     if dep:
         sharing = dep.get("weight_sharing") or {}
@@ -429,14 +457,15 @@ def _run(args) -> int:
     quiet = args.quiet or args.json
     bar = _Bar(enabled=not quiet and sys.stderr.isatty())
     cfg = _config(args)
+    fit = _fit_budgets(args)
     try:
         if args.command == "demo":
-            report = api.demo(cfg, args.out, progress=bar)
+            report = api.demo(cfg, args.out, progress=bar, fit=fit)
         else:
             if args.trust_pickle and args.arch:
                 raise ConfigError("--trust-pickle and --arch exclude each other")
             source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
-            report = api.compress(source, cfg, data_path=args.data, out_dir=args.out, progress=bar)
+            report = api.compress(source, cfg, data_path=args.data, out_dir=args.out, progress=bar, fit=fit)
     finally:
         bar.close()
     if args.json:

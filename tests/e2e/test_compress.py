@@ -227,3 +227,43 @@ def test_default_compress_spends_accuracy_only_for_a_deployed_gain(tmp_path, tra
     else:  # nothing paid: the plain int8 model is deployed and no accuracy was spent on sharing
         assert deployed["artifact"] == "model_int8.tflite" and deployed["accuracy"] == int8["accuracy"]
         assert not deployed["weight_sharing"]["deployed"] and deployed["weight_sharing"]["reason"]
+
+
+@pytest.mark.slow
+def test_fit_deploys_the_most_accurate_configuration_that_fits(tmp_path, trained, digits_npz, capsys):
+    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
+    out = tmp_path / "out"
+    # cnn_bn deploys in 8-12 KiB unpruned (LUT), 5.7 KB at 90 %: 8 KiB needs pruning
+    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(out), "--fit",
+                 "--max-flash", "8KiB", "--finetune-epochs", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    from tinyprune.report.schema import validate
+
+    validate(report)
+    fit, deployed = report["fit"], report["deployed"]
+    trials = fit["trials"]
+    assert fit["limits"]["flash_bytes"] == 8 * 1024 and len(trials) <= 5
+    assert trials[0]["sparsity"] == 0 and not trials[0]["fits"] and "flash_bytes" in trials[0]["misses"]
+    chosen = trials[fit["chosen"]]
+    assert chosen["fits"] and chosen["accuracy"] == max(t["accuracy"] for t in trials if t["fits"])
+    assert deployed["flash_bytes"] == chosen["flash_bytes"] <= 8 * 1024
+    assert deployed["flash_bytes"] == (out / deployed["artifact"]).stat().st_size
+    assert report["config"]["prune"]["sparsity"] == chosen["sparsity"]
+    # the chosen trial's files are the output, and nothing of the other trials is left
+    assert (out / "fit.png").stat().st_size > 0 and not any(p.name.startswith("_trial") for p in out.iterdir())
+    assert sorted(a.rsplit("/", 1)[-1] for a in report["artifacts"]) == sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.slow
+def test_fit_that_nothing_meets_exits_1_with_the_misses_and_writes_nothing(tmp_path, trained, digits_npz, capsys):
+    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
+    out = tmp_path / "out"
+    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(out), "--fit",
+                 "--max-flash", "1KiB", "--finetune-epochs", "0", "--no-deepcompress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("tinyprune: error: nothing fits cortex-m4: the closest, 90% of the MACs")
+    assert "flash bytes" in err[0] and "> 1,024 B" in err[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

@@ -256,6 +256,20 @@ def render_html(report: dict) -> str:
                      f"({dep['accuracy_drop_points']:+.2f} points against the original; budget "
                      f"{dep['max_accuracy_drop_points']:g}: {'held' if dep['within_accuracy_budget'] else 'EXCEEDED'})."
                      + (f" Weight sharing: {_e(sharing)}." if sharing else "") + "</p>")
+    fit = report.get("fit")
+    if fit:
+        from tinyprune.fit import pareto_figure
+
+        parts.append("<h2>--fit: accuracy vs deployed flash</h2>")
+        parts.append(f"<p>{_e(fit['search'])}. Limits: " + ", ".join(f"{_e(k)} {v:,.4g}" for k, v in fit["limits"].items())
+                     + ".</p>")
+        parts.append(f"<img alt='--fit trials: accuracy vs deployed flash' src='{_png(pareto_figure(fit))}'>")
+        rows = [[f"{t['sparsity']:.0%}" + (" (chosen)" if i == fit["chosen"] else ""), _e(t["artifact"]),
+                 f"{100 * t['accuracy']:.2f} %", _size(t["flash_bytes"]), _size(t["arena_bytes"]),
+                 "n/a" if t["latency_ms"] is None else f"{t['latency_ms']:.2f}",
+                 "yes" if t["fits"] else "no: " + _e(", ".join(t["misses"]))] for i, t in enumerate(fit["trials"])]
+        parts.append(_table(["MACs removed", "deployed", "accuracy (TFLM)", "flash", "arena", "predicted ms", "fits"],
+                            rows))
     parts.append("<h2>Stages</h2>")
     rows = []
     for s in stages:

@@ -36,6 +36,7 @@ class Report:
     artifacts: list[str]
     compression: dict | None = None  # Deep Compression archive (--archive): sizes, ratios, per-layer table
     deployed: dict | None = None  # the artifact that goes on the device, its cost, the accuracy budget
+    fit: dict | None = None  # compress --fit: the budgets, every trial, which was chosen
     schema_version: int = SCHEMA_VERSION
 
     def stage(self, name: str) -> StageRecord:
@@ -63,5 +64,6 @@ class Report:
             "fits_target": self.fits,
             "compression": self.compression,
             "deployed": self.deployed,
+            "fit": self.fit,
             "artifacts": self.artifacts,
         }
