@@ -160,3 +160,31 @@ def test_concat_equalization_leaves_a_producer_with_a_use_that_cannot_absorb_a_s
     # a's output also goes through a sigmoid, which a scale does not commute with; the mean after
     # the concat cannot take a scale back either
     assert done == [] and out is model
+
+
+def test_concat_equalization_reaches_a_conv_through_relu_and_pooling():
+    from tinyprune.export.rewrite import equalize_concats
+
+    class Transition(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trans = nn.Conv2d(1, 3, 1)
+            self.unit = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(6)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            t = nn.functional.avg_pool2d(torch.relu(self.trans(x)), 2)
+            return self.head(self.bn(torch.cat([t, self.unit(t) * 50.0], 1)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = _randomize_bn(Transition())
+    x = torch.rand(16, 1, 8, 8)
+    out, done = equalize_concats(model, x)
+    # the unit's output is scaled by a mul before the concat (not a conv output): left alone;
+    # t is the transition conv's output through ReLU and pooling, used by the unit conv (which
+    # takes the scale back in its input weights) and the concat -> BN
+    assert [d["layer"] for d in done] == ["trans"] and done[0]["scale_max"] > 2
+    with torch.no_grad():
+        assert torch.allclose(out(x), model(x), rtol=1e-4, atol=1e-5)
+    assert equalize_concats(model, x, absorb_in_convs=False)[1] == []  # the unit conv would need new weights

@@ -144,17 +144,31 @@ def _consumers(node, offset: int, plan: list) -> bool:
     return True
 
 
+def _conv_behind(node):
+    """The convolution whose output reaches ``node`` through positively homogeneous ops alone
+    (ReLU, pooling), each used only by the next; None if there is none."""
+    while hasattr(node, "op") and _op(node) in _HOMOGENEOUS:
+        source = node.args[0]
+        if not hasattr(source, "op") or len(source.users) != 1:
+            return None
+        node = source
+    return node if hasattr(node, "op") and _op(node) in _CONVS else None
+
+
 def _concat_inputs(graph) -> list:
-    """(producer node, first concatenation it enters) for conv outputs that enter a channel concat."""
-    found = []
+    """(producing conv, node entering the concat, first concatenation) for channel concat inputs
+    computed by a convolution, possibly through ReLU or pooling."""
+    found, seen = [], set()
     for node in graph.nodes:
         if node.op != "call_function" or _op(node) != "cat":
             continue
         if (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) not in (1, -3):
             continue
         for part in node.args[0]:
-            if hasattr(part, "op") and _op(part) in _CONVS and part not in [f[0] for f in found]:
-                found.append((part, node))
+            conv = _conv_behind(part)
+            if conv is not None and part not in seen:
+                seen.add(part)
+                found.append((conv, part, node))
     return found
 
 
@@ -162,7 +176,8 @@ def equalize_concats(model: nn.Module, x_calib: torch.Tensor,
                      absorb_in_convs: bool = True) -> tuple[nn.Module, list[dict]]:
     """(a copy of ``model`` whose concatenation inputs use the shared int8 range, what was scaled).
 
-    A convolution's output channels that enter a channel concatenation are scaled up to the
+    A convolution's output channels that enter a channel concatenation (directly or through
+    ReLU and pooling, which commute with a positive scale) are scaled up to the
     concatenation's calibration range (at most ``MAX_CHANNEL_SCALE`` times); each use of those
     channels takes the scale back: a BatchNorm's statistics and weight, a convolution's input
     weights. Producers with any other use are left alone. Checked exact on the calibration data.
@@ -171,18 +186,18 @@ def equalize_concats(model: nn.Module, x_calib: torch.Tensor,
     program = torch.export.export(model.eval(), (x_calib[:1],))
     graph = program.graph_module.graph
     candidates = []
-    for producer, concat in _concat_inputs(graph):
+    for producer, part, concat in _concat_inputs(graph):
         plan: list = []
-        if _module_path(producer) and _consumers(producer, 0, plan) and (
+        if _module_path(producer) and _consumers(part, 0, plan) and (
                 absorb_in_convs or all(kind == "bn" for kind, _, _ in plan)):
-            candidates.append((producer, concat, plan))
+            candidates.append((producer, part, concat, plan))
     if not candidates:
         return model, []
-    ranges = _node_ranges(program, x_calib, {n.name for c in candidates for n in c[:2]})
+    ranges = _node_ranges(program, x_calib, {n.name for c in candidates for n in c[1:3]})
     out = copy.deepcopy(model).eval()
     done = []
-    for producer, concat, plan in candidates:
-        own = ranges[producer.name]
+    for producer, part, concat, plan in candidates:
+        own = ranges[part.name]
         scale = (float(ranges[concat.name].max()) / own.clamp_min(1e-12)).clamp(1.0, MAX_CHANNEL_SCALE)
         if float(scale.max()) <= 1.05:
             continue
