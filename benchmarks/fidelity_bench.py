@@ -118,9 +118,11 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=3)
     ap.add_argument("--finetune-epochs", type=int, default=3)
     args = ap.parse_args()
-    results = []
     path = REPO / "benchmarks" / "out" / "fidelity.json"
-    for name in args.models.split(","):
+    names = args.models.split(",")
+    # rows of other models from earlier runs are kept: one model can be re-run alone
+    results = [r for r in json.loads(path.read_text()) if r["model"] not in names] if path.exists() else []
+    for name in names:
         for level in (float(v) for v in args.levels.split(",")):
             for row in run(name, level, args.train_epochs, args.finetune_epochs):
                 print(json.dumps(row), flush=True)

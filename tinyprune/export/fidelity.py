@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from tinyprune.export.rewrite import module_path as _module_path_or_none
+from tinyprune.export.rewrite import op_name as _op_name
 from tinyprune.export.tflite import quantize, to_device_layout
 
 # ops that carry a tensor through unchanged up to an affine map: a fused conv+BN+ReLU output in the
@@ -31,17 +33,8 @@ MATCH_SQNR_DB = 5.0
 INT8_CEILING_DB = 48.0
 
 
-def _op_name(node) -> str:
-    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
-
-
 def _module_path(node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "(top level)"
-    path = list(stack.values())[-1][0]
-    # torch.export spells nested paths as L['self'].block1[0].conv or block1.0.conv
-    return path.replace("L['self'].", "").replace("[", ".").replace("]", "") or "(top level)"
+    return _module_path_or_none(node) or "(top level)"
 
 
 def _layer_of(node) -> str:

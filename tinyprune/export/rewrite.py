@@ -21,16 +21,19 @@ _CONVS = {"conv1d", "conv2d", "convolution"}
 _BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit"}
 
 
-def _op(node) -> str:
+def op_name(node) -> str:
+    """The aten op of an exported graph node, without overload: conv2d, cat, batch_norm."""
     return str(getattr(node.target, "__name__", node.target)).split(".")[0]
 
 
-def _module_path(node) -> str | None:
+def module_path(node) -> str | None:
+    """The PyTorch module (dotted path) an exported graph node was computed in; None at top level."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
     path = list(stack.values())[-1][0]
-    return path.replace("L['self'].", "").replace("[", ".").replace("]", "")
+    # torch.export spells nested paths as L['self'].block1[0].conv or block1.0.conv
+    return path.replace("L['self'].", "").replace("[", ".").replace("]", "") or None
 
 
 def unfolded_batchnorms(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -39,13 +42,13 @@ def unfolded_batchnorms(model: nn.Module, example: torch.Tensor) -> list[str]:
     modules = dict(model.named_modules())
     names = []
     for node in program.graph_module.graph.nodes:
-        if node.op != "call_function" or _op(node) not in _BATCH_NORMS:
+        if node.op != "call_function" or op_name(node) not in _BATCH_NORMS:
             continue
-        path = _module_path(node)
+        path = module_path(node)
         if path is None or not isinstance(modules.get(path), (nn.BatchNorm1d, nn.BatchNorm2d)):
             continue
         source = node.args[0]
-        foldable = hasattr(source, "op") and _op(source) in _CONVS and len(source.users) == 1
+        foldable = hasattr(source, "op") and op_name(source) in _CONVS and len(source.users) == 1
         if not foldable and path not in names:
             names.append(path)
     return names
@@ -119,8 +122,8 @@ def _consumers(node, offset: int, plan: list) -> bool:
 
     False when some use cannot (the producer is then left alone)."""
     for user in node.users:
-        op = _op(user)
-        path = _module_path(user)
+        op = op_name(user)
+        path = module_path(user)
         if op in _BATCH_NORMS:
             plan.append(("bn", path, offset))
         elif op == "cat" and (user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)) in (1, -3):
@@ -147,12 +150,12 @@ def _consumers(node, offset: int, plan: list) -> bool:
 def _conv_behind(node):
     """The convolution whose output reaches ``node`` through positively homogeneous ops alone
     (ReLU, pooling), each used only by the next; None if there is none."""
-    while hasattr(node, "op") and _op(node) in _HOMOGENEOUS:
+    while hasattr(node, "op") and op_name(node) in _HOMOGENEOUS:
         source = node.args[0]
         if not hasattr(source, "op") or len(source.users) != 1:
             return None
         node = source
-    return node if hasattr(node, "op") and _op(node) in _CONVS else None
+    return node if hasattr(node, "op") and op_name(node) in _CONVS else None
 
 
 def _concat_inputs(graph) -> list:
@@ -160,7 +163,7 @@ def _concat_inputs(graph) -> list:
     computed by a convolution, possibly through ReLU or pooling."""
     found, seen = [], set()
     for node in graph.nodes:
-        if node.op != "call_function" or _op(node) != "cat":
+        if node.op != "call_function" or op_name(node) != "cat":
             continue
         if (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) not in (1, -3):
             continue
@@ -188,7 +191,7 @@ def equalize_concats(model: nn.Module, x_calib: torch.Tensor,
     candidates = []
     for producer, part, concat in _concat_inputs(graph):
         plan: list = []
-        if _module_path(producer) and _consumers(part, 0, plan) and (
+        if module_path(producer) and _consumers(part, 0, plan) and (
                 absorb_in_convs or all(kind == "bn" for kind, _, _ in plan)):
             candidates.append((producer, part, concat, plan))
     if not candidates:
@@ -201,8 +204,8 @@ def equalize_concats(model: nn.Module, x_calib: torch.Tensor,
         scale = (float(ranges[concat.name].max()) / own.clamp_min(1e-12)).clamp(1.0, MAX_CHANNEL_SCALE)
         if float(scale.max()) <= 1.05:
             continue
-        _apply(out, _module_path(producer), scale, plan)
-        done.append({"layer": _module_path(producer), "concat": _module_path(concat) or "(top level)",
+        _apply(out, module_path(producer), scale, plan)
+        done.append({"layer": module_path(producer), "concat": module_path(concat) or "(top level)",
                      "channels": int(len(scale)), "scale_max": round(float(scale.max()), 2),
                      "scale_median": round(float(scale.median()), 2)})
     with torch.no_grad():
