@@ -39,17 +39,41 @@ def default_out_dir(model_path: Path) -> Path:
     return Path("tinyprune-out") / model_path.stem
 
 
+MANIFEST = ".tinyprune-manifest.json"  # written last into every result folder: the files tinyprune wrote
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Entries of ``out`` that tinyprune did not write (all of them when it has no manifest)."""
+    entries = sorted(p.name for p in out.iterdir())
+    try:
+        written = set(json.loads((out / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return entries
+    return [e for e in entries if e != MANIFEST and e not in written]
+
+
 def _prepare_out_dir(out: Path) -> Path:
-    """A fresh temp dir next to ``out`` (same filesystem, so the final move is a rename)."""
+    """A fresh temp dir next to ``out`` (same filesystem, so the final move is a rename).
+
+    An existing ``out`` is replaced only when it holds nothing but what an earlier tinyprune
+    run wrote there (its manifest says which files): a user's folder is never touched."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
-        raise ConfigError(f"--out {out} exists and holds files that are not a tinyprune result; choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if out.is_dir() and any(out.iterdir()):
+        foreign = _foreign_files(out)
+        if foreign:
+            raise ConfigError(f"--out {out} holds files tinyprune did not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); choose another folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
 
 
 def _publish(tmp: Path, out: Path) -> None:
+    files = sorted(p.name for p in tmp.iterdir())
+    (tmp / MANIFEST).write_text(json.dumps({"tool": "tinyprune", "version": __version__, "files": files}) + "\n")
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{time.time_ns()}")

@@ -338,10 +338,11 @@ def _unpack(args) -> int:
     if not args.archive.is_file():
         raise InputError(f"archive not found: {args.archive}")
     tensors = read_archive(args.archive)  # checksum and bounds checked: a bad file raises ArchiveError
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / ".weights.npz.tmp.npz"
-    np.savez(tmp, **tensors)
-    tmp.replace(args.out / "weights.npz")
+    from tinyprune.api import staged_output
+
+    # the same rule as compress: an existing folder is replaced only if tinyprune wrote all of it
+    with staged_output(args.out) as tmp:
+        np.savez(tmp / "weights.npz", **tensors)
     print(f"{len(tensors)} tensors, {sum(int(t.size) for t in tensors.values()):,} values -> {args.out / 'weights.npz'}")
     return 0
 

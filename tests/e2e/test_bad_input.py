@@ -107,8 +107,38 @@ def test_out_dir_with_foreign_files_is_not_touched(capsys, tmp_path, cnn_file, d
     (out / "precious.txt").write_text("keep me")
     code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", out)
     assert code == 2
-    assert_one_line(err, "not a tinyprune result")
+    assert_one_line(err, "holds files tinyprune did not write (precious.txt)")
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_out_dir_with_a_report_json_of_its_own_is_not_replaced(capsys, tmp_path, cnn_file, digits_npz):
+    """A report.json proves nothing: only tinyprune's manifest marks a folder as its own."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    (out / "thesis.tex").write_text("chapter 1")
+    code, err = run(capsys, "compress", cnn_file, "--data", digits_npz, "--out", out)
+    assert code == 2
+    assert_one_line(err, "holds files tinyprune did not write (report.json, thesis.tex)")
+    assert (out / "thesis.tex").read_text() == "chapter 1"
+
+
+def test_unpack_does_not_overwrite_a_users_folder(capsys, tmp_path):
+    from tinyprune.deepcompress.archive import pack
+    from tinyprune.deepcompress.weight_sharing import cluster_model
+
+    (tmp_path / "m.tpz").write_bytes(pack(cluster_model(MODELS["mlp"]().eval(), bits="4"), {}))
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "weights.npz").write_bytes(b"the user's own")
+    code, err = run(capsys, "unpack", tmp_path / "m.tpz", "--out", out)
+    assert code == 2
+    assert_one_line(err, "holds files tinyprune did not write (weights.npz)")
+    assert (out / "weights.npz").read_bytes() == b"the user's own"
+    # into a fresh folder it works, and again into its own result
+    assert run(capsys, "unpack", tmp_path / "m.tpz", "--out", tmp_path / "v")[0] == 0
+    assert run(capsys, "unpack", tmp_path / "m.tpz", "--out", tmp_path / "v")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [".tinyprune-manifest.json", "weights.npz"]
 
 
 @pytest.mark.slow

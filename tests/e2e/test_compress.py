@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tinyprune.deepcompress.archive import read_archive
+from tinyprune.api import MANIFEST
 from tinyprune.cli import main
 from tinyprune.export.micro import tflm_outputs
 from tinyprune.export.tflite import io_details, quantize, to_device_layout
@@ -52,7 +53,8 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     lut = ["model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h"]
     expected = sorted(plain + (lut if shared else []) + (["model.tpz"] if archive else []))
     # the stages declare what they write: the report lists exactly the files on disk
-    assert sorted(p.name for p in out.iterdir()) == expected
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == expected
+    assert sorted(json.loads((out / MANIFEST).read_text())["files"]) == expected
     assert sorted(a.rsplit("/", 1)[-1] for a in report["artifacts"]) == expected
     assert report == json.loads((out / "report.json").read_text())
     from tinyprune.report.schema import validate
@@ -253,7 +255,8 @@ def test_fit_deploys_the_most_accurate_configuration_that_fits(tmp_path, trained
     assert report["config"]["prune"]["sparsity"] == chosen["sparsity"]
     # the chosen trial's files are the output, and nothing of the other trials is left
     assert (out / "fit.png").stat().st_size > 0 and not any(p.name.startswith("_trial") for p in out.iterdir())
-    assert sorted(a.rsplit("/", 1)[-1] for a in report["artifacts"]) == sorted(p.name for p in out.iterdir())
+    assert sorted(a.rsplit("/", 1)[-1] for a in report["artifacts"]) == sorted(
+        p.name for p in out.iterdir() if p.name != MANIFEST)
 
 
 @pytest.mark.slow

@@ -188,3 +188,25 @@ def test_concat_equalization_reaches_a_conv_through_relu_and_pooling():
     with torch.no_grad():
         assert torch.allclose(out(x), model(x), rtol=1e-4, atol=1e-5)
     assert equalize_concats(model, x, absorb_in_convs=False)[1] == []  # the unit conv would need new weights
+
+
+def test_an_interrupt_during_conversion_is_not_swallowed(onnx_model, tmp_path, monkeypatch):
+    """onnx2tf catches KeyboardInterrupt itself; the export must still end with it."""
+    import os
+    import signal
+
+    import onnx2tf
+
+    from tinyprune.export.tflite import to_int8_tflite
+
+    def swallowing_convert(**kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:  # what onnx2tf does with it
+            pass
+        return None
+
+    monkeypatch.setattr(onnx2tf, "convert", swallowing_convert)
+    with pytest.raises(KeyboardInterrupt):
+        to_int8_tflite(onnx_model, np.zeros((4, 1, 8, 8), np.float32), tmp_path / "work")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

@@ -42,6 +42,26 @@ def _offline(calib_device: np.ndarray):
         core.download_test_image_data, common.requests.get = saved
 
 
+@contextlib.contextmanager
+def _interrupt_after():
+    """onnx2tf catches KeyboardInterrupt inside its conversion and carries on. Hold a SIGINT
+    while it runs and raise it when it returns, so an interrupt always ends the run (exit 130)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hits:
+        raise KeyboardInterrupt
+
+
 def _failing_op(log: str) -> str:
     names = re.findall(r"onnx_op_name:\s*(\S+)", log)
     types = re.findall(r"onnx_op_type:\s*(\S+)", log)
@@ -83,7 +103,7 @@ def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> by
         try:
             import onnx2tf
 
-            with _offline(calib):
+            with _offline(calib), _interrupt_after():
                 onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path),
                     output_folder_path=str(out_dir),

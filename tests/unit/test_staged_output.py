@@ -1,0 +1,54 @@
+"""Result folders: replaced only when tinyprune wrote everything in them, never half-written."""
+
+import json
+
+import pytest
+
+from tinyprune.api import MANIFEST, staged_output
+from tinyprune.errors import ConfigError
+
+
+def test_a_result_is_replaced_by_the_next_run_and_carries_a_manifest(tmp_path):
+    out = tmp_path / "r"
+    with staged_output(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert json.loads((out / MANIFEST).read_text())["files"] == ["a.txt"]
+    with staged_output(out) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no temp or old folder left behind
+
+
+def test_a_file_added_to_a_result_makes_it_the_users(tmp_path):
+    out = tmp_path / "r"
+    with staged_output(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match=r"did not write \(notes.md\)"):
+        with staged_output(out):
+            raise AssertionError("must not start")
+    assert (out / "notes.md").read_text() == "mine" and (out / "a.txt").read_text() == "1"
+
+
+@pytest.mark.parametrize("manifest", ["not json", '{"files": 3}', '{"other": []}'])
+def test_a_damaged_manifest_marks_nothing_as_ours(tmp_path, manifest):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / MANIFEST).write_text(manifest)
+    (out / "a.txt").write_text("1")
+    with pytest.raises(ConfigError, match="did not write"):
+        with staged_output(out):
+            pass
+    assert (out / "a.txt").exists()
+
+
+def test_a_failed_run_leaves_the_previous_result(tmp_path):
+    out = tmp_path / "r"
+    with staged_output(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output(out) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert (out / "a.txt").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
