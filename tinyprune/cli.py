@@ -323,7 +323,7 @@ def _print_report(report) -> None:
         budget = "within" if dep["within_accuracy_budget"] else "OVER"
         console.print(
             f"deployed: {dep['artifact']} ({dep['flash_bytes']:,} B flash, {dep['arena_bytes']:,} B arena, "
-            f"{dep['accuracy']:.2%} in TFLM, {dep['accuracy_drop_points']:+.2f} points lost, {budget} the "
+            f"{dep['accuracy']:.2%} in TFLM, {-dep['accuracy_drop_points']:+.2f} points vs the original, {budget} the "
             f"--max-accuracy-drop of {dep['max_accuracy_drop_points']:g}); weight sharing: "
             + (sharing.get("reason", "") if sharing else "off"))
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")

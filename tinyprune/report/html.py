@@ -253,7 +253,7 @@ def render_html(report: dict) -> str:
         sharing = (dep.get("weight_sharing") or {}).get("reason", "")
         parts.append(f"<p><b>Deployed:</b> <code>{_e(dep['artifact'])}</code>, {_size(dep['flash_bytes'])} flash, "
                      f"{_size(dep['arena_bytes'])} arena, {100 * dep['accuracy']:.2f} % in TFLM "
-                     f"({dep['accuracy_drop_points']:+.2f} points against the original; budget "
+                     f"({-dep['accuracy_drop_points']:+.2f} points against the original; loss budget "
                      f"{dep['max_accuracy_drop_points']:g}: {'held' if dep['within_accuracy_budget'] else 'EXCEEDED'})."
                      + (f" Weight sharing: {_e(sharing)}." if sharing else "") + "</p>")
     fit = report.get("fit")

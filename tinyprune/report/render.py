@@ -98,14 +98,24 @@ def to_markdown(report: Report) -> str:
             f"{i['zero_point']}: q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} "
             f"with scale {o['scale']:.6g}, zero point {o['zero_point']}.",
         ]
+    steps = cost_and_gain(r)
+    if steps:
+        lines += ["", "## What each step cost and bought (on the target)", "",
+                  "| stage | accuracy change (points) | MACs | flash | arena | predicted ms | predicted uJ |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['stage']} | {s['accuracy_points']:+.2f} | {s['macs']} | {s['flash']} | {s['arena']} | "
+                  f"{s['ms']} | {s['uj']} |" for s in steps]
+        lines.append("Changes against the previous measured stage. Float stages: flash and arena are their "
+                     "float32 weights and peak activations (what an fp32 build would need); latency and energy "
+                     "are predicted with the target's cost model (optimized kernels).")
     dep = r.deployed
     if dep:
         sharing = dep.get("weight_sharing") or {}
         lines += ["", "## Deployed model and accuracy budget", "",
                   f"On the device: `{dep['artifact']}`, {_num(dep['flash_bytes'])} B flash, {_num(dep['arena_bytes'])} B "
-                  f"arena, {_pct(dep['accuracy'])} held-out accuracy in TFLM: {dep['accuracy_drop_points']:+.2f} points "
+                  f"arena, {_pct(dep['accuracy'])} held-out accuracy in TFLM: {-dep['accuracy_drop_points']:+.2f} points "
                   f"against the original model, {'within' if dep['within_accuracy_budget'] else 'OVER'} the budget of "
-                  f"{dep['max_accuracy_drop_points']:g} (`--max-accuracy-drop`)."]
+                  f"{dep['max_accuracy_drop_points']:g} points of loss (`--max-accuracy-drop`)."]
         pruned = next((s for s in r.stages if s.name == "pruned"), None)
         backoff = pruned.details.get("backoff") if pruned is not None else None
         if backoff and len(backoff["tried"]) > 1:
@@ -176,3 +186,35 @@ def to_markdown(report: Report) -> str:
         lines += [f"| {l['name']} | {l['channels_before']} | {l['channels_after']} |" for l in r.layers]
     lines += ["", "## Artifacts", ""] + [f"- `{a}`" for a in r.artifacts] + [""]
     return "\n".join(lines)
+
+
+def _delta(now, before, fmt) -> str:
+    if now is None:
+        return "n/a"
+    if before is None:
+        return fmt(now)
+    return f"{fmt(now)} ({'+' if now >= before else '-'}{fmt(abs(now - before))})"
+
+
+def cost_and_gain(report: Report) -> list[dict]:
+    """Per measured stage: the accuracy it cost and the MACs, flash, arena, ms and uJ it bought."""
+    rows, prev = [], None
+    for s in report.stages:
+        m = s.details.get("measure")
+        if not m or s.accuracy is None:
+            continue
+        t = m["totals"]
+        pred = (m.get("latency") or {}).get("predicted", {}).get("optimized") or {}
+        uj = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
+        cur = {"macs": s.macs, "flash": s.flash_bytes if s.flash_bytes is not None else t.get("flash_bytes"),
+               "arena": s.arena_bytes if s.arena_bytes is not None else t.get("arena_bytes"),
+               "ms": pred.get("ms"), "uj": uj, "accuracy": s.accuracy}
+        p = prev or {}
+        rows.append({"stage": s.name, "accuracy_points": (s.accuracy - p["accuracy"]) * 100 if prev else 0.0,
+                     "macs": _delta(cur["macs"], p.get("macs"), lambda v: f"{v:,.0f}"),
+                     "flash": _delta(cur["flash"], p.get("flash"), lambda v: f"{v / 1024:.1f} KiB"),
+                     "arena": _delta(cur["arena"], p.get("arena"), lambda v: f"{v / 1024:.1f} KiB"),
+                     "ms": _delta(cur["ms"], p.get("ms"), lambda v: f"{v:.2f}"),
+                     "uj": _delta(cur["uj"], p.get("uj"), lambda v: f"{v:.2f}")})
+        prev = cur
+    return rows
