@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyprune.config import CompressConfig
+from tinyprune.export.firmware import firmware_files
 from tinyprune.errors import ExportError, UnsupportedOp
 from tinyprune.report import StageRecord
 from tinyprune.state import RunState, measure
@@ -102,9 +103,8 @@ def export_stage(state: RunState, cfg: CompressConfig):
                 "moved_beyond_tolerance": abs(moved) > FIDELITY_TOLERANCE_POINTS, **layers}
     state.write("model_int8.tflite", int8_bytes)
     counted = count_tflite(int8_bytes)
-    source_cc, header = micro.c_array(int8_bytes)
-    state.write("model_data.cc", source_cc)
-    state.write("model_data.h", header)
+    for name, text in firmware_files(int8_bytes, arena, io).items():
+        state.write(name, text)
     state.int8 = {"bytes": int8_bytes, "xq": xq, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena,
                   "accuracy": device["accuracy"]}
     return state, StageRecord(
@@ -159,9 +159,8 @@ def share_stage(state: RunState, cfg: CompressConfig):
         return state, []
     lut, check = plan.lut, plan.check
     state.write("model_int8_lut.tflite", lut.model)
-    source_cc, header = micro.c_array(lut.model, "g_model_lut_data", "model_lut_data.h")
-    state.write("model_lut_data.cc", source_cc)
-    state.write("model_lut_data.h", header)
+    for name, text in firmware_files(lut.model, check["arena_after"], tflite.io_details(lut.model), "model_lut").items():
+        state.write(name, text)
     counted = count_tflite(plan.int8)  # the DECODE graph computes the same layers
     return state, StageRecord(
         "int8_lut", counted["params"], counted["macs"], plan.chosen.int8_accuracy, time.perf_counter() - t,

@@ -48,9 +48,9 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     shared, archive = "int8_lut" in stages, "--archive" in extra
     if "--no-deepcompress" in extra:
         assert not shared and report["deployed"]["weight_sharing"]["reason"].startswith("off")
-    plain = ["model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
+    plain = ["model_pruned.pt2", "model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h", "model_ops.h",
              "report.json", "report.md", "report.html"]
-    lut = ["model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h"]
+    lut = ["model_int8_lut.tflite", "model_lut_data.cc", "model_lut_data.h", "model_lut_ops.h"]
     expected = sorted(plain + (lut if shared else []) + (["model.tpz"] if archive else []))
     # the stages declare what they write: the report lists exactly the files on disk
     assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == expected
@@ -88,12 +88,46 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert int8["details"]["onnx_max_abs_diff"] < 1e-3
     cc = (out / "model_data.cc").read_text()
     assert "alignas(16)" in cc and f"g_model_data_len = {int8['flash_bytes']};" in cc
+    _check_firmware(out, tmp_path, "model", "model_int8.tflite", int8["arena_bytes"])
+    if shared:
+        _check_firmware(out, tmp_path, "model_lut", "model_int8_lut.tflite", stages["int8_lut"]["arena_bytes"])
     for layer in report["layers"]:  # what was removed, and how much information went with it
         assert len(layer["removed_channels"]) == layer["channels_before"] - layer["channels_after"]
         assert layer["mi_kept"] >= 0 and layer["mi_removed"] >= 0
     # the pruned model reloads without custom code
     reloaded = torch.export.load(out / "model_pruned.pt2").module()
     assert reloaded(torch.rand(1, 1, 8, 8)).shape == (1, 10)
+
+
+def _check_firmware(out, tmp_path, prefix, tflite_name, arena):
+    """The generated C++ compiles with the system compiler and holds exactly the flatbuffer; the
+    header's constants and the resolver's ops are the model's."""
+    import re
+    import shutil
+    import subprocess
+
+    from tinyprune.export.firmware import arena_size, model_ops, resolver_method
+
+    blob = (out / tflite_name).read_bytes()
+    header = (out / f"{prefix}_data.h").read_text()
+    assert f"kArenaMeasured = {arena};" in header and f"kTensorArenaSize = {arena_size(arena)};" in header
+    assert arena_size(arena) >= arena + 1024 and arena_size(arena) % 16 == 0
+    ops = model_ops(blob)
+    assert f"kModelOpCount = {len(ops)};" in header
+    registered = re.findall(r"resolver\.(Add\w+)\(\)", (out / f"{prefix}_ops.h").read_text())
+    assert registered == [resolver_method(op) for op in ops] and len(set(registered)) == len(ops)
+    if prefix == "model_lut":
+        assert "AddDecode" in registered  # a LUT model cannot run without TFLM's DECODE kernel
+    compiler = shutil.which("c++") or shutil.which("g++")
+    assert compiler, "a C++ compiler is needed to check the firmware files"
+    (tmp_path / "main.cc").write_text(
+        f'#include <cstdio>\n#include "{prefix}_data.h"\n'
+        f"int main() {{ std::fwrite(g_{prefix}_data, 1, g_{prefix}_data_len, stdout);\n"
+        f"  return (reinterpret_cast<unsigned long>(g_{prefix}_data) % 16 == 0 && kTensorArenaSize > 0) ? 0 : 1; }}\n")
+    exe = tmp_path / f"fw_{prefix}"
+    subprocess.run([compiler, "-std=c++17", "-Wall", "-Werror", "-I", str(out), str(tmp_path / "main.cc"),
+                    str(out / f"{prefix}_data.cc"), "-o", str(exe)], check=True, capture_output=True)
+    assert subprocess.run([str(exe)], capture_output=True, check=True).stdout == blob
 
 
 def _check_lut(report, stages, out):
