@@ -20,7 +20,7 @@ import numpy as np
 
 from tinyprune import __version__, targets
 from tinyprune.config import CompressConfig
-from tinyprune.errors import ConfigError, ExportError, UnsupportedOp
+from tinyprune.errors import ConfigError
 from tinyprune.report import Report, StageRecord, to_markdown
 from tinyprune.device_stages import archive_stage, deployed, export_stage, share_stage
 from tinyprune.state import RunState, measure

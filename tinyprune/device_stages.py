@@ -14,7 +14,6 @@ import shutil
 import time
 from dataclasses import dataclass
 
-import numpy as np
 
 from tinyprune.config import CompressConfig
 from tinyprune.export.firmware import firmware_files
@@ -134,7 +133,7 @@ def share_stage(state: RunState, cfg: CompressConfig):
     from pathlib import Path
 
     from tinyprune.deepcompress.deploy import search
-    from tinyprune.export import micro, tflite
+    from tinyprune.export import tflite
     from tinyprune.export.lut import verify_bit_exact
     from tinyprune.measure.macs import count_tflite
 

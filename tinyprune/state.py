@@ -14,7 +14,7 @@ TIMING_REPEATS = 10
 class RunState:
     """What the stages pass along. Each stage reads what earlier stages set and adds its own."""
 
-    source: ModelSource
+    source: object  # tinyprune.api.ModelSource
     target: object
     tmp: Path  # the staging folder; published to ``out`` when every stage succeeded
     progress: Progress
