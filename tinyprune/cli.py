@@ -289,8 +289,12 @@ def _print_report(report) -> None:
         t.add_column(h, justify="left" if h == "stage" else "right")
     for row in summary_rows(report):
         t.add_row(*row)
+    from tinyprune.report.render import headline
+
     console = Console()
     console.print(t)
+    for line in headline(report):
+        console.print(line.replace("`", ""), markup=False)
     orig, int8 = report.stage("original"), report.stage("int8")
     fits = report.fits
     console.print(
@@ -358,8 +362,12 @@ def _print_mi(result: dict) -> None:
         fmt = lambda pairs: ", ".join(f"{c}:{v:.2f}" for c, v in pairs[:3])
         t.add_row(l["name"], str(l["channels"]), f"{l['mean']:.3f}", f"{l['min']:.3f}", f"{l['max']:.3f}",
                   fmt(l["top"]), fmt(l["bottom"]))
+    from tinyprune.report.render import headline
+
     console = Console()
     console.print(t)
+    for line in headline(report):
+        console.print(line.replace("`", ""), markup=False)
     console.print(f"mi.json and mi.png in {result['out']} ({result['seconds']:.1f} s)")
 
 
@@ -380,8 +388,12 @@ def _print_plane(result: dict) -> None:
         for v in result["methods"].values():
             row += [f"{v['ixt'][n][0]:.2f} -> {v['ixt'][n][-1]:.2f}", f"{v['ity'][n][0]:.2f} -> {v['ity'][n][-1]:.2f}"]
         t.add_row(*row)
+    from tinyprune.report.render import headline
+
     console = Console()
     console.print(t)
+    for line in headline(report):
+        console.print(line.replace("`", ""), markup=False)
     console.print(f"epochs 0..{result['epochs'][-1] if result['epochs'] else 0}, sample accuracy "
                   f"{result['accuracy'][0]:.2%} -> {result['accuracy'][-1]:.2%}; plane.json and plane.png in "
                   f"{result['out']} ({result['seconds']:.1f} s)")

@@ -68,6 +68,11 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     deployed = report["deployed"]
     assert deployed["artifact"] == ("model_int8_lut.tflite" if shared else "model_int8.tflite")
     assert deployed["flash_bytes"] == (out / deployed["artifact"]).stat().st_size
+    # the headline comes first: the file to flash and the arena to reserve
+    md = (out / "report.md").read_text().splitlines()
+    assert md[2].startswith(f"**Flash `{deployed['artifact']}`") and "Verdict: fits cortex-m4" in "\n".join(md[:8])
+    html = (out / "report.html").read_text()
+    assert html.index("class='headline'") < html.index("<h2>") and f"Flash {deployed['artifact']}" in html
     if shared:
         _check_lut(report, stages, out)
     if archive:

@@ -45,6 +45,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.88em} th,td{border:1px s
 th{background:#f2f2f2} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#444;font-size:.9em;max-width:60em} .bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+.headline{background:#f5f8fc;border:1px solid #c9d6e8;padding:.4em 1em;margin:1em 0} .headline p{margin:.35em 0}
 """
 
 
@@ -248,6 +249,16 @@ def render_html(report: dict) -> str:
                  + f": {_size(target.get('flash_bytes'))} flash, {_size(target.get('ram_bytes'))} RAM, "
                  f"{target.get('clock_hz', 0) / 1e6:g} MHz.</p>")
 
+    if not is_measure and report.get("deployed"):
+        from tinyprune.report.records import Report, StageRecord
+        from tinyprune.report.render import headline
+
+        fields = {k: report[k] for k in ("tool_version", "model", "data", "target", "config", "layers", "artifacts")}
+        top = headline(Report(**fields, stages=[StageRecord(**s) for s in report["stages"]],
+                              compression=report.get("compression"), deployed=report["deployed"]))
+        parts.append("<div class='headline'>" + "".join(
+            f"<p>{'<b>' if i == 0 else ''}{_e(line).replace('`', '')}{'</b>' if i == 0 else ''}</p>"
+            for i, line in enumerate(top)) + "</div>")
     dep = report.get("deployed")
     if dep:
         sharing = (dep.get("weight_sharing") or {}).get("reason", "")

@@ -33,12 +33,49 @@ def summary_rows(report: Report) -> list[list[str]]:
 HEADER = ["stage", "stored params", "nonzero", "MACs", "accuracy", "flash", "TFLM arena", "seconds"]
 
 
+def headline(report: Report) -> list[str]:
+    """What a firmware engineer needs first: the file to flash, the arena to reserve, what it uses
+    of the target, accuracy float -> device, predicted time and energy, and the verdict."""
+    from tinyprune.export.firmware import arena_size
+
+    dep, t = report.deployed, report.target
+    if not dep:
+        return []
+    stage = report.stage(dep["stage"])
+    runtime_flash, runtime_ram = t.get("runtime_flash_bytes", 0), t.get("runtime_ram_bytes", 0)
+    flash_used = dep["flash_bytes"] + runtime_flash
+    ram_used = arena_size(dep["arena_bytes"]) + runtime_ram
+    m = stage.details.get("measure") or {}
+    pred = ((m.get("latency") or {}).get("predicted") or {}).get("optimized") or {}
+    uj = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
+    fits = flash_used <= t["flash_bytes"] and ram_used <= t["ram_bytes"]
+    prefix = "model_lut" if dep["stage"] == "int8_lut" else "model"
+    float_acc = report.stage("original").accuracy
+    return [
+        f"Flash `{dep['artifact']}` (C array: `{prefix}_data.cc/.h`, ops: `{prefix}_ops.h`); reserve a "
+        f"{arena_size(dep['arena_bytes']):,} B tensor arena (`kTensorArenaSize`: {dep['arena_bytes']:,} B measured "
+        "in TFLM + margin).",
+        f"On {t['name']}: flash {_kib(flash_used)} of {_kib(t['flash_bytes'])} ({_kib(t['flash_bytes'] - flash_used)} "
+        f"free), RAM {_kib(ram_used)} of {_kib(t['ram_bytes'])} ({_kib(t['ram_bytes'] - ram_used)} free), runtime "
+        f"code and RAM included ({_kib(runtime_flash)} / {_kib(runtime_ram)}).",
+        f"Accuracy {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM, "
+        f"{report.data['eval']} held-out samples). Predicted on {t['name']} at {t['clock_hz'] / 1e6:g} MHz with "
+        f"TFLM's optimized kernels: {pred['ms']:.2f} ms, {uj:.1f} uJ per inference."
+        if pred.get("ms") is not None and uj is not None else
+        f"Accuracy {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM).",
+        f"Verdict: {'fits' if fits else 'DOES NOT FIT'} {t['name']}; accuracy "
+        f"{'within' if dep['within_accuracy_budget'] else 'OVER'} the {dep['max_accuracy_drop_points']:g}-point budget.",
+    ]
+
+
 def to_markdown(report: Report) -> str:
     r = report
     orig, int8 = r.stage("original"), r.stage("int8")
+    top = headline(r)
     lines = [
         f"# tinyprune report: {r.model['path']}",
         "",
+        *(["**" + top[0] + "**", "", *top[1:], ""] if top else []),
         f"Target **{r.target['name']}** ({r.target['reference_board']}): "
         f"{_kib(r.target['flash_bytes'])} flash, {_kib(r.target['ram_bytes'])} RAM, {r.target['clock_hz'] / 1e6:g} MHz.",
         f"Model format: {r.model['format']}; input {r.model['input_shape']} (PyTorch layout), "
