@@ -93,15 +93,16 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     assert int8["details"]["onnx_max_abs_diff"] < 1e-3
     cc = (out / "model_data.cc").read_text()
     assert "alignas(16)" in cc and f"g_model_data_len = {int8['flash_bytes']};" in cc
-    _check_firmware(out, tmp_path, "model", "model_int8.tflite", int8["arena_bytes"])
-    if shared:
-        _check_firmware(out, tmp_path, "model_lut", "model_int8_lut.tflite", stages["int8_lut"]["arena_bytes"])
     for layer in report["layers"]:  # what was removed, and how much information went with it
         assert len(layer["removed_channels"]) == layer["channels_before"] - layer["channels_after"]
         assert layer["mi_kept"] >= 0 and layer["mi_removed"] >= 0
     # the pruned model reloads without custom code
     reloaded = torch.export.load(out / "model_pruned.pt2").module()
     assert reloaded(torch.rand(1, 1, 8, 8)).shape == (1, 10)
+    # last: it skips where no C++ compiler exists
+    if shared:
+        _check_firmware(out, tmp_path, "model_lut", "model_int8_lut.tflite", stages["int8_lut"]["arena_bytes"])
+    _check_firmware(out, tmp_path, "model", "model_int8.tflite", int8["arena_bytes"])
 
 
 def _check_firmware(out, tmp_path, prefix, tflite_name, arena):
