@@ -190,6 +190,9 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         raise UnsupportedModel(f"{path.name} is corrupt or truncated (a zip archive without its directory)")
     kind = _kind(path, names)
     if kind == "exported-program":
+        from tinyprune.pt2_inspect import inspect_pt2
+
+        inspect_pt2(path)  # before torch reads anything: torch.export.load can run code from the archive
         try:
             return LoadedModel(torch.export.load(path), "exported-program", path)
         except Exception as exc:
