@@ -32,7 +32,7 @@ from tinyprune.train import Progress, _quiet
 class ModelSource:
     path: Path
     arch: str | None = None
-    trust_pickle: bool = False
+    trust_code: bool = False
 
 
 def default_out_dir(model_path: Path) -> Path:
@@ -119,7 +119,7 @@ def _load_stage(source, cfg, data_path, builtin_data):
     from tinyprune.load import load_model
 
     torch.manual_seed(cfg.seed)
-    loaded = load_model(source.path, arch=source.arch, trust_pickle=source.trust_pickle)
+    loaded = load_model(source.path, arch=source.arch, trust_code=source.trust_code)
     if data_path is not None:
         raw = data_mod.load_npz(data_path)
     elif builtin_data:

@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", type=Path, help="the model file")
     comp.add_argument("--data", type=Path, help=".npz with x,y or x_train,y_train,x_test,y_test (NCHW or NHWC)")
     comp.add_argument("--arch", help="package.module:factory that builds the model, for a state_dict file")
-    comp.add_argument("--trust-pickle", action="store_true",
-                      help="allow a pickle that needs classes outside torch.nn (RUNS ITS CODE: trusted files only)")
+    comp.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
+                      help="load a file that runs its own code: a pickle needing classes outside torch.nn, or "
+                           "TorchScript (RUNS ITS CODE: trusted files only)")
     comp.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of x in --data")
     _common(comp)
 
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("model", type=Path, help="the model file (same formats as compress)")
     ana.add_argument("--data", type=Path, required=True, help=".npz with x,y (as for compress)")
     ana.add_argument("--arch", help="package.module:factory, for a state_dict file")
-    ana.add_argument("--trust-pickle", action="store_true", help="as for compress (RUNS THE FILE'S CODE)")
+    ana.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
+                    help="as for compress (RUNS THE FILE'S CODE)")
     ana.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")
     ana.add_argument("--out", type=Path, help="output folder (default tinyprune-out/<stem>-mi)")
     ana.add_argument("--seed", type=int, default=0)
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "a fixed 0.1 saturates at (ln N, H(Y)) on wide layers)")
     pl.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     pl.add_argument("--arch", help="package.module:factory, for a state_dict file")
-    pl.add_argument("--trust-pickle", action="store_true", help="as for compress (RUNS THE FILE'S CODE)")
+    pl.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
+                    help="as for compress (RUNS THE FILE'S CODE)")
     pl.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--json", action="store_true", help="print plane.json on stdout")
@@ -447,7 +450,7 @@ def _run(args) -> int:
             except ValueError:
                 raise ConfigError(f"--noise-var must be a number or 'median', got {noise!r}") from None
         cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout), finetune=FinetuneConfig(lr=args.lr))
-        source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+        source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)
         result = api.plane(source, cfg, args.data, args.out, args.epochs, methods, args.bins, noise)
         if args.json:
             print(json.dumps(result, indent=2))
@@ -459,7 +462,7 @@ def _run(args) -> int:
         from tinyprune.config import CompressConfig, DataConfig
 
         cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout))
-        source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+        source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)
         result = api.analyze(source, cfg, args.data, args.out)
         if args.json:
             print(json.dumps(result, indent=2))
@@ -475,9 +478,9 @@ def _run(args) -> int:
         if args.command == "demo":
             report = api.demo(cfg, args.out, progress=bar, fit=fit)
         else:
-            if args.trust_pickle and args.arch:
-                raise ConfigError("--trust-pickle and --arch exclude each other")
-            source = api.ModelSource(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+            if args.trust_code and args.arch:
+                raise ConfigError("--trust-code and --arch exclude each other")
+            source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)
             report = api.compress(source, cfg, data_path=args.data, out_dir=args.out, progress=bar, fit=fit)
     finally:
         bar.close()

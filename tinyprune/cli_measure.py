@@ -53,8 +53,9 @@ def add_parsers(subparsers) -> None:
     m.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
     m.add_argument("--input-shape", type=_shape, help="one sample's shape for PyTorch/ONNX models, e.g. 1,28,28")
     m.add_argument("--arch", help="package.module:factory, for a state_dict file")
-    m.add_argument("--trust-pickle", action="store_true",
-                   help="allow a pickle that needs classes outside torch.nn (RUNS ITS CODE: trusted files only)")
+    m.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
+                   help="load a file that runs its own code: a pickle needing classes outside torch.nn, or "
+                        "TorchScript (RUNS ITS CODE: trusted files only)")
     m.add_argument("--int8", action="store_true",
                    help="PyTorch/ONNX: convert to full-int8 TFLite first and measure that (calibrated on --data)")
     m.add_argument("--data", type=Path, help="with --int8: .npz whose x calibrates the conversion (default: random)")
@@ -103,7 +104,7 @@ def _measure(args) -> int:
     if args.data is not None:
         calib = _calibration(args.data, args.input_shape)
     result = measure_file(args.model, args.target, input_shape=args.input_shape, arch=args.arch,
-                          trust_pickle=args.trust_pickle, timing=not args.no_timing, find_arena=not args.no_arena,
+                          trust_code=args.trust_code, timing=not args.no_timing, find_arena=not args.no_arena,
                           repeats=args.repeats, int8=args.int8, calib=calib)
     if args.html is not None:
         from tinyprune.report.html import write_html

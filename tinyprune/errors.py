@@ -31,6 +31,10 @@ class UnsafePickle(UnsupportedModel):
     """The pickle needs globals outside the allow-list; loading it would run its code."""
 
 
+class UnsafeCode(UnsupportedModel):
+    """The file is TorchScript: loading and running it runs its own code."""
+
+
 class DataError(InputError):
     """The data does not fit the model (shape, labels, size)."""
 

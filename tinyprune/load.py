@@ -2,7 +2,7 @@
 
 A full pickle is unpickled with ``weights_only=True`` and an allow-list made of the
 ``torch.nn`` module classes, so a file that needs any other global (its own classes, or a
-payload such as ``os.system``) is refused before any of its code runs. ``--trust-pickle``
+payload such as ``os.system``) is refused before any of its code runs. ``--trust-code``
 is the explicit opt-in for trusted files.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyprune.errors import ConfigError, UnsafePickle, UnsupportedModel
+from tinyprune.errors import ConfigError, UnsafeCode, UnsafePickle, UnsupportedModel
 
 FORMATS = ("pickled-module", "state-dict", "torchscript", "exported-program")
 
@@ -110,12 +110,12 @@ def _build_from_arch(spec: str, state: dict, path: Path):
     return model
 
 
-def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedModel:
+def _load_pickle(path: Path, arch: str | None, trust_code: bool) -> LoadedModel:
     import torch
     import torch.nn as nn
 
     try:
-        if trust_pickle:
+        if trust_code:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         else:
             with torch.serialization.safe_globals(_nn_allow_list()):
@@ -126,7 +126,7 @@ def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedMode
             raise UnsafePickle(
                 f"refusing to unpickle {path.name}: it needs {found[0]}, which is not a torch.nn class "
                 "(its code would run); save a state_dict and pass --arch package.module:factory, "
-                "or pass --trust-pickle if you trust this file"
+                "or pass --trust-code if you trust this file"
             ) from None
         raise UnsupportedModel(f"{path.name} is not a readable PyTorch file ({_first_line(exc)})") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError for corrupt archives
@@ -180,7 +180,7 @@ def check_model_file(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+def load_model(path: str | Path, *, arch: str | None = None, trust_code: bool = False) -> LoadedModel:
     path = check_model_file(path)
 
     import torch
@@ -198,6 +198,9 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         except Exception as exc:
             raise UnsupportedModel(f"{path.name} is not a loadable torch.export program ({_first_line(exc)})") from None
     if kind == "torchscript":
+        if not trust_code:
+            raise UnsafeCode(f"{path.name} is TorchScript, which runs its own code; pass --trust-code if you trust "
+                             "this file, or save the model with torch.export.save (checked before loading)")
         try:
             return LoadedModel(torch.jit.load(path, map_location="cpu"), "torchscript", path)
         except Exception as exc:
@@ -207,5 +210,5 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
             raise UnsupportedModel(
                 f"{path.name} is not a PyTorch model (expected torch.save, TorchScript or a .pt2 export)"
             )
-        return _load_pickle(path, arch, trust_pickle)
+        return _load_pickle(path, arch, trust_code)
     raise UnsupportedModel(f"{path.name} is a zip archive but not a PyTorch model")

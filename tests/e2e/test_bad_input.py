@@ -68,7 +68,7 @@ def test_malicious_pickle_runs_nothing_in_a_real_process(tmp_path, digits_npz):
     proc = subprocess.run([sys.executable, "-m", "tinyprune", "compress", str(evil), "--data", str(digits_npz),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert_one_line(proc.stderr, "refusing to unpickle", "--trust-pickle")
+    assert_one_line(proc.stderr, "refusing to unpickle", "--trust-code")
     assert not marker.exists()
     assert not (tmp_path / "o").exists()
 

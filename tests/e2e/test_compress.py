@@ -30,7 +30,7 @@ def _save(model, fmt, path):
 @pytest.mark.parametrize("name, fmt, extra", [
     ("cnn_bn", "pickled-module", ["--archive", "--bits", "4"]),
     ("dw_residual", "exported-program", ["--criterion", "mi", "--no-deepcompress"]),
-    ("concat_net", "torchscript", ["--criterion", "mspic", "--no-deepcompress"]),
+    ("concat_net", "torchscript", ["--criterion", "mspic", "--no-deepcompress", "--trust-code"]),
     ("mlp", "state-dict", ["--arch", "tinyprune.testing.models:mlp", "--lut-bits", "4"]),
 ])
 def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, extra):

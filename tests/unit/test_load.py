@@ -52,9 +52,9 @@ def test_raw_malicious_pickle_is_refused_without_running(tmp_path):
 
 def test_custom_class_pickle_names_arch_and_opt_in(tmp_path):
     torch.save(MODELS["dw_residual"](), tmp_path / "custom.pt")
-    with pytest.raises(UnsafePickle, match="DWResidual.*--arch.*--trust-pickle"):
+    with pytest.raises(UnsafePickle, match="DWResidual.*--arch.*--trust-code"):
         load_model(tmp_path / "custom.pt")
-    assert load_model(tmp_path / "custom.pt", trust_pickle=True).format == "pickled-module"
+    assert load_model(tmp_path / "custom.pt", trust_code=True).format == "pickled-module"
 
 
 def test_state_dict_needs_arch_then_loads(tmp_path):
@@ -86,7 +86,7 @@ def test_graph_formats_lift_to_real_modules(tmp_path, name, fmt):
         torch.jit.save(torch.jit.trace(model, X), path)
     else:
         torch.export.save(torch.export.export(model, (X,)), path)
-    loaded = load_model(path)
+    loaded = load_model(path, trust_code=fmt == "torchscript")
     assert loaded.format == fmt
     lifted = to_module(loaded, X)
     kinds = {type(m) for m in lifted.modules()}
@@ -135,3 +135,13 @@ def test_zip_that_is_not_a_model(tmp_path):
         zf.writestr("readme.txt", "hi")
     with pytest.raises(UnsupportedModel, match="not a PyTorch model"):
         load_model(tmp_path / "m.pt")
+
+
+def test_torchscript_runs_only_with_the_explicit_opt_in(tmp_path):
+    """TorchScript is code: a forward can create files (torch.from_file with shared=True)."""
+    from tinyprune.errors import UnsafeCode
+
+    torch.jit.save(torch.jit.trace(MODELS["mlp"]().eval(), X), tmp_path / "ts.pt")
+    with pytest.raises(UnsafeCode, match="TorchScript, which runs its own code; pass --trust-code"):
+        load_model(tmp_path / "ts.pt")
+    assert load_model(tmp_path / "ts.pt", trust_code=True).format == "torchscript"

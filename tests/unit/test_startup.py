@@ -23,4 +23,4 @@ def test_help_is_lean():
 def test_help_runs_and_documents_exit_codes():
     proc = subprocess.run([sys.executable, "-m", "tinyprune", "compress", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    assert "--trust-pickle" in proc.stdout and "exit codes" in proc.stdout
+    assert "--trust-code" in proc.stdout and "exit codes" in proc.stdout

@@ -255,7 +255,7 @@ def _sniff(path: Path) -> str:
 
 
 def measure_file(path, target="cortex-m4", *, input_shape: tuple[int, ...] | None = None, arch: str | None = None,
-                 trust_pickle: bool = False, timing: bool = True, find_arena: bool = True, repeats: int = 50,
+                 trust_code: bool = False, timing: bool = True, find_arena: bool = True, repeats: int = 50,
                  int8: bool = False, calib: np.ndarray | None = None, workdir: Path | None = None) -> dict:
     """Measure the model in ``path`` (format from its content/extension).
 
@@ -275,7 +275,7 @@ def measure_file(path, target="cortex-m4", *, input_shape: tuple[int, ...] | Non
         else:
             result = measure_onnx(path, target, input_shape=input_shape, timing=timing, repeats=repeats)
     else:
-        result = _measure_torch_file(path, target, input_shape, arch, trust_pickle, timing, find_arena, repeats,
+        result = _measure_torch_file(path, target, input_shape, arch, trust_code, timing, find_arena, repeats,
                                      int8, calib, workdir)
     result["model"] = {"path": str(path), "bytes": path.stat().st_size, "format": result["format"]}
     result["seconds"] = time.perf_counter() - t0
@@ -290,12 +290,12 @@ def _example(input_shape, path: Path):
     return torch.zeros((1, *input_shape), dtype=torch.float32).normal_(generator=torch.Generator().manual_seed(0))
 
 
-def _measure_torch_file(path, target, input_shape, arch, trust_pickle, timing, find_arena, repeats, int8, calib,
+def _measure_torch_file(path, target, input_shape, arch, trust_code, timing, find_arena, repeats, int8, calib,
                         workdir):
     from tinyprune.lift import to_module
     from tinyprune.load import load_model
 
-    loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
+    loaded = load_model(path, arch=arch, trust_code=trust_code)
     example = _example(input_shape, path)
     try:
         model = to_module(loaded, example)
