@@ -155,7 +155,43 @@ def read_graph(data: bytes) -> Graph:
         raise
     except Exception as exc:  # a truncated or corrupt flatbuffer fails somewhere in the accessors
         raise UnsupportedModel(f"the TFLite flatbuffer is corrupt or truncated ({type(exc).__name__})") from None
+    _validate(tensors, ops, inputs, outputs, len(data))
     return Graph(tensors, ops, inputs, outputs, model.SubgraphsLength(), other)
+
+
+MAX_TENSOR_ELEMENTS = 1 << 28  # 256 Mi elements: far beyond any microcontroller model
+# (input position, rank) the MAC counters read: a weight of another rank is a corrupt file
+_WEIGHT_RANK = {"CONV_2D": (1, 4), "DEPTHWISE_CONV_2D": (1, 4), "TRANSPOSE_CONV": (1, 4), "CONV_3D": (1, 5),
+                "CONV_3D_TRANSPOSE": (1, 5)}
+
+
+def _validate(tensors: dict, ops: list, inputs, outputs, file_bytes: int) -> None:
+    """Indices that point at nothing and sizes no file of this length can describe are corruption:
+    refuse them here (exit 2) instead of failing, or allocating gigabytes, in a counter later."""
+    def bad(why: str) -> UnsupportedModel:
+        return UnsupportedModel(f"the TFLite flatbuffer is corrupt: {why}")
+
+    for op in ops:
+        for i in (*op.inputs, *op.outputs):
+            if i != -1 and i not in tensors:
+                raise bad(f"op {op.index} ({op.op}) uses tensor {i}, and there are {len(tensors)}")
+    for op in ops:
+        ins = [i for i in op.inputs if i >= 0]
+        pos, rank = _WEIGHT_RANK.get(op.op, (None, None))
+        if pos is not None and len(ins) > pos and len(tensors[ins[pos]].shape) != rank:
+            raise bad(f"op {op.index} ({op.op}) has a weight of rank {len(tensors[ins[pos]].shape)}, not {rank}")
+        if op.op == "FULLY_CONNECTED" and len(ins) > 1 and not tensors[ins[1]].shape:
+            raise bad(f"op {op.index} (FULLY_CONNECTED) has a scalar weight")
+        if op.op == "BATCH_MATMUL" and ins and len(tensors[ins[0]].shape) < 2:
+            raise bad(f"op {op.index} (BATCH_MATMUL) multiplies a tensor of rank < 2")
+    for i in (*inputs, *outputs):
+        if i not in tensors:
+            raise bad(f"the graph's input/output tensor {i} does not exist")
+    for t in tensors.values():
+        if any(d < 0 for d in t.shape) or t.numel > MAX_TENSOR_ELEMENTS:
+            raise bad(f"tensor {t.index} has shape {list(t.shape)}")
+        if t.constant and t.nbytes > file_bytes:
+            raise bad(f"constant tensor {t.index} needs {t.nbytes:,} bytes in a {file_bytes:,}-byte file")
 
 
 def nonzero_constants(data: bytes, indices) -> int | None:
