@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -40,6 +41,28 @@ def default_out_dir(model_path: Path) -> Path:
 
 
 MANIFEST = ".tinyprune-manifest.json"  # written last into every result folder: the files tinyprune wrote
+STAGING = ".tinyprune-staging"  # in a staging folder while a run writes it: the writer's process id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders of ``out`` left by a run that was killed (its process is gone)."""
+    for folder in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            pid = int((folder / STAGING).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or not readable: leave it
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _foreign_files(out: Path) -> list[str]:
@@ -66,12 +89,16 @@ def _prepare_out_dir(out: Path) -> Path:
                               f"{', ...' if len(foreign) > 3 else ''}); choose another folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        _remove_stale_staging(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        (tmp / STAGING).write_text(str(os.getpid()))
+        return tmp
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
 
 
 def _publish(tmp: Path, out: Path) -> None:
+    (tmp / STAGING).unlink(missing_ok=True)
     files = sorted(p.name for p in tmp.iterdir())
     (tmp / MANIFEST).write_text(json.dumps({"tool": "tinyprune", "version": __version__, "files": files}) + "\n")
     old = None

@@ -52,3 +52,23 @@ def test_a_failed_run_leaves_the_previous_result(tmp_path):
             raise KeyboardInterrupt
     assert (out / "a.txt").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    from tinyprune.api import STAGING
+
+    out = tmp_path / "r"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / ".r.tmp-killed"
+    stale.mkdir()
+    (stale / STAGING).write_text(dead.stdout.strip())  # its writer exited without cleaning up (SIGKILL)
+    foreign = tmp_path / ".r.tmp-someone-else"
+    foreign.mkdir()  # no marker: not ours to remove
+    with staged_output(out) as tmp:
+        assert (tmp / STAGING).read_text() == str(__import__("os").getpid())
+        (tmp / "a.txt").write_text("1")
+    assert not stale.exists() and foreign.exists()
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "a.txt"]  # the marker is not published
