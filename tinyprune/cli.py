@@ -106,8 +106,16 @@ def _criterion_options(p: argparse.ArgumentParser) -> None:
                        help=f"--criterion {criterion}: {option.replace('_', ' ')} (default {default})")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like every other error, instead of the usage block."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"tinyprune: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tinyprune",
         description="Prune, quantize and export PyTorch models for microcontrollers (TFLite Micro).",
         epilog=EPILOG,

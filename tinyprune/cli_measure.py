@@ -251,9 +251,9 @@ def _print_check(result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tinyprune.cli_measure measure|check ...``: the same as ``tinyprune measure|check``."""
-    from tinyprune.cli import guarded
+    from tinyprune.cli import OneLineParser, guarded
 
-    parser = argparse.ArgumentParser(prog="tinyprune", epilog=EPILOG)
+    parser = OneLineParser(prog="tinyprune", epilog=EPILOG)
     add_parsers(parser.add_subparsers(dest="command", required=True))
     return guarded(run, parser.parse_args(argv))
 

@@ -159,11 +159,21 @@ def test_export_failure_names_the_op_and_leaves_nothing(capsys, tmp_path, cnn_fi
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")] == []
 
 
-def test_bad_option_values(capsys):
+@pytest.mark.parametrize("argv, needle", [
+    (["compress", "m.pt", "--sparsity", "1.5"], "must be in [0, 1)"),
+    (["compress", "m.pt", "--sparsity", "-0.1"], "must be in [0, 1)"),
+    (["compress", "m.pt", "--sparsity", "nan"], "--sparsity"),
+    (["compress", "m.pt", "--archive", "--weight-sparsity", "2"], "must be in [0, 1)"),
+    (["measure", "m.tflite", "--input-shape", "0,8,8"], "--input-shape"),
+    (["measure", "m.tflite", "--repeats", "0"], "--repeats"),
+    (["unpack", "m.tpz"], "--out"),
+    (["compress"], "model"),
+])
+def test_bad_option_values_are_one_line(capsys, argv, needle):
     with pytest.raises(SystemExit) as exc:
-        main(["compress", "m.pt", "--sparsity", "1.5"])
+        main(argv)
     assert exc.value.code == 2
-    assert "must be in [0, 1)" in capsys.readouterr().err
+    assert_one_line(capsys.readouterr().err, needle)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
