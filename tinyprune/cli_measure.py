@@ -95,9 +95,25 @@ def run(args) -> int:
 
 # ---------------------------------------------------------------------------------------- measure
 
+def writable_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file that cannot be written (exit 2) before any slow work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
 def _measure(args) -> int:
     from tinyprune.measure.core import measure_file
 
+    writable_file(args.html, "--html")
     if args.data is not None and not args.int8:
         raise ConfigError("--data calibrates --int8 conversion; pass --int8 too")
     calib = None
@@ -204,6 +220,8 @@ def print_measurement(r: dict) -> None:
 
 def _check(args) -> int:
     from tinyprune import budget
+
+    writable_file(args.junit, "--junit")
 
     def progress(message: str) -> None:
         if sys.stderr.isatty() and not args.json:

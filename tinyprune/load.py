@@ -95,7 +95,11 @@ def _state_dict_of(obj: Any) -> dict | None:
 def _build_from_arch(spec: str, state: dict, path: Path):
     import torch.nn as nn
 
-    model = _import_factory(spec)()
+    factory = _import_factory(spec)
+    try:
+        model = factory()
+    except TypeError as exc:
+        raise ConfigError(f"--arch {spec}: the factory must build the model with no arguments ({_first_line(exc)})") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--arch {spec} returned {type(model).__name__}, not a torch.nn.Module")
     try:

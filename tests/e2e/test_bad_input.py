@@ -230,3 +230,26 @@ def test_bad_budget_and_sharing_options_exit_2_before_loading(capsys, tmp_path, 
     assert code == 2
     assert_one_line(err, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_outputs_are_refused_before_the_work(capsys, tmp_path):
+    (tmp_path / "m.tflite").write_bytes(b"not used: the output is checked first")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    code, err = run(capsys, "measure", tmp_path / "m.tflite", "--html", tmp_path / "adir")
+    assert code == 2
+    assert_one_line(err, "--html", "is a directory")
+    code, err = run(capsys, "check", "--junit", tmp_path / "afile" / "j.xml", "--budget", tmp_path / "none.toml")
+    assert code == 2
+    assert_one_line(err, "--junit", "cannot write there")
+    code, err = run(capsys, "unpack", tmp_path / "none.tpz", "--out", tmp_path / "afile")
+    assert code == 2
+    assert_one_line(err)
+
+
+def test_arch_factory_with_required_arguments_is_bad_input(capsys, tmp_path, digits_npz):
+    torch.save(MODELS["mlp"]().state_dict(), tmp_path / "sd.pt")
+    code, err = run(capsys, "compress", tmp_path / "sd.pt", "--data", digits_npz, "--out", tmp_path / "o",
+                    "--arch", "torch.nn:Linear")
+    assert code == 2
+    assert_one_line(err, "--arch torch.nn:Linear: the factory must build the model with no arguments")
