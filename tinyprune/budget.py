@@ -249,6 +249,9 @@ def tflite_accuracy(model_bytes: bytes, data_path: Path, arena: int | None = Non
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(y) != len(x):
         raise DataError(f"{data_path.name}: {len(x)} samples but {len(y)} labels")
+    classes = int(np.prod(io["output"]["shape"][1:]))
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise DataError(f"{data_path.name}: labels span {y.min()}..{y.max()} but the model has {classes} outputs")
     if arena is None:
         arena = micro.smallest_arena(model_bytes, device_input(model_bytes, x[:1]))
     record, _ = verify.device_accuracy(model_bytes, x, y, arena)

@@ -344,9 +344,20 @@ def _print_report(report) -> None:
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
 
 
-def _unpack(args) -> int:
+def _write_npz(path: Path, tensors: dict) -> None:
+    """An .npz with one entry per tensor. Tensor names are data: np.savez would take a name such
+    as ``file`` or ``allow_pickle`` as its own keyword argument."""
+    import zipfile
+
     import numpy as np
 
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, value in tensors.items():
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+
+
+def _unpack(args) -> int:
     from tinyprune.deepcompress.archive import read_archive
     from tinyprune.errors import InputError
 
@@ -357,7 +368,7 @@ def _unpack(args) -> int:
 
     # the same rule as compress: an existing folder is replaced only if tinyprune wrote all of it
     with staged_output(args.out) as tmp:
-        np.savez(tmp / "weights.npz", **tensors)
+        _write_npz(tmp / "weights.npz", tensors)
     print(f"{len(tensors)} tensors, {sum(int(t.size) for t in tensors.values()):,} values -> {args.out / 'weights.npz'}")
     return 0
 

@@ -23,6 +23,10 @@ from tinyprune.config import DataConfig
 from tinyprune.errors import DataError
 
 
+MIN_TRAIN = 16  # fewer samples cannot fine-tune (batches of 2+), calibrate or analyse anything
+MIN_EVAL = 4  # below this one sample moves the accuracy by more than 25 points
+
+
 @dataclass(frozen=True)
 class Splits:
     x_train: np.ndarray  # float32, model layout (N, C, H, W) or (N, F)
@@ -162,5 +166,11 @@ def prepare(raw: RawData, model, cfg: DataConfig, seed: int) -> Splits:
                 f"{name} labels span {labels.min()}..{labels.max()} but the model has {classes} outputs "
                 f"(labels must be 0..{classes - 1})"
             )
+    if len(np.unique(y_train)) < 2:
+        raise DataError(f"the training labels hold one class only ({int(y_train[0])}); pruning criteria, "
+                        "fine-tuning and accuracy need examples of at least two classes")
+    if len(x_train) < MIN_TRAIN or len(x_eval) < MIN_EVAL:
+        raise DataError(f"{len(x_train)} training and {len(x_eval)} held-out samples: too few to fine-tune, "
+                        f"calibrate and measure accuracy (need at least {MIN_TRAIN} and {MIN_EVAL})")
     calib = x_train[: min(cfg.calib_samples, len(x_train))]
     return Splits(x_train, y_train, x_eval, y_eval, calib, classes, layout, raw.source)

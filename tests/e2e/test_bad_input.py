@@ -253,3 +253,29 @@ def test_arch_factory_with_required_arguments_is_bad_input(capsys, tmp_path, dig
                     "--arch", "torch.nn:Linear")
     assert code == 2
     assert_one_line(err, "--arch torch.nn:Linear: the factory must build the model with no arguments")
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda x, y: (x, np.zeros_like(y)), "one class only"),
+    (lambda x, y: (x[:3], y[:3]), "too few"),
+])
+def test_data_that_cannot_train_anything_is_refused(capsys, tmp_path, cnn_file, digits, make, needle):
+    x, y = make(digits.x_train.transpose(0, 2, 3, 1), digits.y_train)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code, err = run(capsys, "compress", cnn_file, "--data", tmp_path / "d.npz", "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line(err, needle)
+
+
+def test_unpack_keeps_tensor_names_that_clash_with_numpy_keywords(capsys, tmp_path):
+    import torch as _torch
+
+    from tinyprune.deepcompress.archive import pack
+
+    names = {"file": np.arange(3, dtype=np.float32), "allow_pickle": np.ones(2, np.float32)}
+    (tmp_path / "m.tpz").write_bytes(pack([], {k: _torch.from_numpy(v) for k, v in names.items()}))
+    code, _ = run(capsys, "unpack", tmp_path / "m.tpz", "--out", tmp_path / "u")
+    assert code == 0
+    with np.load(tmp_path / "u" / "weights.npz") as w:
+        assert sorted(w.files) == ["allow_pickle", "file"]
+        assert np.array_equal(w["file"], names["file"]) and np.array_equal(w["allow_pickle"], names["allow_pickle"])
