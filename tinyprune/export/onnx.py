@@ -31,10 +31,17 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path, opset: int = 
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"ONNX export failed: {detail}") from None
     del out
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = model(x).numpy()
     got = session.run(None, {session.get_inputs()[0].name: example[:1]})[0]
     return float(np.abs(want - got).max())
+
+
+def onnxruntime():
+    """onnxruntime with its telemetry off: tinyprune makes no network traffic of its own."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort

@@ -110,8 +110,9 @@ def time_litert(model_bytes: bytes, repeats: int = 50, warmup: int = 5, budget_s
 
 def time_onnxruntime(onnx_model: bytes | str | Path, repeats: int = 50, warmup: int = 5, budget_s: float = 5.0,
                      input_shape: tuple[int, ...] | None = None) -> dict:
-    import onnxruntime as ort
+    from tinyprune.export.onnx import onnxruntime
 
+    ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
