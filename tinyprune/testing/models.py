@@ -97,6 +97,37 @@ def mobilenet() -> nn.Module:
                          *_ds(128, 256, 2, nn.ReLU6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
 
 
+class SEBlock(nn.Module):
+    """Squeeze-excitation: the channels scaled by a sigmoid gate computed from their own means."""
+
+    def __init__(self, width: int, squeeze: int = 4):
+        super().__init__()
+        self.fc1 = nn.Conv2d(width, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, width, 1)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * gate
+
+
+class SENet(nn.Module):
+    """A small SE net: grouped conv, hardswish, a squeeze-excitation block, pooled classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.Hardswish())
+        self.se = SEBlock(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.se(self.grouped(self.stem(x))).mean((2, 3)))
+
+
+def se_net() -> nn.Module:
+    return SENet()
+
+
 def dw_residual() -> nn.Module:
     return DWResidual()
 
@@ -106,4 +137,4 @@ def concat_net() -> nn.Module:
 
 
 MODELS = {"mlp": mlp, "cnn_bn": cnn_bn, "digits_cnn": digits_cnn, "dw_residual": dw_residual, "concat_net": concat_net,
-          "ds_cnn": ds_cnn, "mobilenet": mobilenet}
+          "ds_cnn": ds_cnn, "mobilenet": mobilenet, "se_net": se_net}
