@@ -1,8 +1,8 @@
 """Every criterion on a squeeze-excitation net with a grouped conv and hardswish (issue 14).
 
-l1, random and taylor prune it; the criteria with their own importance functions break the
-grouped conv's channel groups (mi, mspic, flow: 11 channels into groups of 4) or index past a
-group (vib, mipp). Those are strict xfails: they fail the suite once fixed, so the marks go.
+l1, random, taylor, mi, mspic and flow prune it (the landing step removes one channel per channel
+group of a grouped conv); vib and mipp, which prune in their own first step, index past a
+group. Those two are strict xfails: they fail the suite once fixed, so the marks go.
 """
 
 import pytest
@@ -14,7 +14,7 @@ from tinyprune.prune import prune_to_macs
 from tinyprune.testing.models import MODELS
 from tinyprune.train import fit
 
-BROKEN = {"mi", "mspic", "flow", "vib", "mipp"}
+BROKEN = {"vib", "mipp"}
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,17 @@ def _layers(before: dict[str, int], after: dict[str, int]) -> list[dict]:
     return [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
 
 
+def _channel_groups(group) -> int:
+    """How many channels one removal must take: a grouped (not depthwise) conv in the group keeps
+    equal channel groups only when one channel goes from each (as Torch-Pruning's step does)."""
+    g = 1
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
+            g = max(g, m.groups)
+    return g
+
+
 def _land(model, example, importance, kept, names, classifier, target, floor, global_ranking) -> int:
     """Remove single channels until the MACs are at most ``target`` without going below ``floor``.
 
@@ -158,15 +169,17 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
         positions = output_positions(model, example)
         best, cheapest = None, None
         for group in graph.get_all_groups(ignored_layers=list(classifier), root_module_types=list(PRUNABLE)):
-            if len(group[0].idxs) <= 1:
+            n, g = len(group[0].idxs), _channel_groups(group)
+            if n <= g or n % g:
                 continue
             scores = importance(group)
             if scores is None:
                 continue
-            scores = scores.double()
-            c = int(scores.argmin())
-            rank = float(scores[c]) if global_ranking else float(scores[c] / scores.abs().mean().clamp_min(1e-12))
-            drop = float(group_channel_macs(group, positions)[c])
+            scores = scores.double().view(g, n // g).sum(0) / g  # the same position in every channel group
+            p = int(scores.argmin())
+            c = [p + k * (n // g) for k in range(g)]
+            rank = float(scores[p]) if global_ranking else float(scores[p] / scores.abs().mean().clamp_min(1e-12))
+            drop = float(group_channel_macs(group, positions)[c].sum())
             if drop <= 0:
                 continue
             candidate = (rank, group, c, drop)
@@ -179,7 +192,7 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
             break
         _, group, c, _ = choice
         root = group[0].dep
-        single = graph.get_pruning_group(root.target.module, root.handler, [c])
+        single = graph.get_pruning_group(root.target.module, root.handler, c)
         follow_removal(kept, single, names)
         single.prune()
         rounds += 1
