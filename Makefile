@@ -1,9 +1,11 @@
-# Everything installs into .venv. torch is installed first, pinned, so that pip takes the
-# CPU wheel instead of resolving an unpinned torch to a multi-GB CUDA build.
+# Everything installs into .venv. torch is installed first, pinned, from PyTorch's CPU wheel index:
+# on a stock Linux index torch==2.13.0 resolves to the multi-GB CUDA build. Where that index cannot
+# be reached (an offline mirror that already holds the CPU wheel), the plain pinned install is used.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install demo test test-fast bench clean
 
@@ -11,7 +13,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX) --retries 1 --timeout 20 \
+		|| $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
