@@ -155,3 +155,14 @@ def reinitialize(model: nn.Module, seed: int = 0) -> nn.Module:
         if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
             m.reset_parameters()
     return fresh
+
+
+def channel_groups(group) -> int:
+    """How many channels one removal must take: a grouped (not depthwise) conv in the group keeps
+    equal channel groups only when one channel goes from each (as Torch-Pruning's step does)."""
+    g = 1
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
+            g = max(g, m.groups)
+    return g

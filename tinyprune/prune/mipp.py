@@ -87,7 +87,7 @@ import torch
 import torch.nn as nn
 
 from tinyprune.errors import ConfigError
-from tinyprune.prune.groups import PRUNABLE, forward_with_hooks, reinitialize
+from tinyprune.prune.groups import PRUNABLE, channel_groups, forward_with_hooks, reinitialize
 from tinyprune.prune.terc import MARGIN_K, MARGIN_SUBSETS, SUBSET_FRACTION, terc_layer
 
 DEFAULT_SAMPLES = 300  # analysis samples (N x N Gram matrices)
@@ -488,7 +488,8 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
             continue
         module = modules[layer.root]
         group = dg.get_pruning_group(module, dg.get_pruner_of_module(module).prune_out_channels, idxs=drop)
-        if len(drop) >= layer.width or not dg.check_pruning_group(group):
+        # a grouped conv's channel groups cannot lose arbitrary channels: left to the MAC loop
+        if len(drop) >= layer.width or not dg.check_pruning_group(group) or channel_groups(group) > 1:
             refused.append(layer.root)
             continue
         group.prune()

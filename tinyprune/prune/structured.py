@@ -20,7 +20,7 @@ from tinyprune.config import PruneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.measure.macs import count_torch
 from tinyprune.prune import protocol
-from tinyprune.prune.groups import (PRUNABLE, classifier_layers, follow_removal, group_channel_macs, group_macs,
+from tinyprune.prune.groups import (PRUNABLE, channel_groups, classifier_layers, follow_removal, group_channel_macs, group_macs,
                                     output_positions,
                                     reinitialize, widths)
 from tinyprune.prune.protocol import Context, Step
@@ -141,17 +141,6 @@ def _layers(before: dict[str, int], after: dict[str, int]) -> list[dict]:
     return [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
 
 
-def _channel_groups(group) -> int:
-    """How many channels one removal must take: a grouped (not depthwise) conv in the group keeps
-    equal channel groups only when one channel goes from each (as Torch-Pruning's step does)."""
-    g = 1
-    for item in group:
-        m = item.dep.target.module
-        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
-            g = max(g, m.groups)
-    return g
-
-
 def _land(model, example, importance, kept, names, classifier, target, floor, global_ranking) -> int:
     """Remove single channels until the MACs are at most ``target`` without going below ``floor``.
 
@@ -169,7 +158,7 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
         positions = output_positions(model, example)
         best, cheapest = None, None
         for group in graph.get_all_groups(ignored_layers=list(classifier), root_module_types=list(PRUNABLE)):
-            n, g = len(group[0].idxs), _channel_groups(group)
+            n, g = len(group[0].idxs), channel_groups(group)
             if n <= g or n % g:
                 continue
             scores = importance(group)

@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 
 from tinyprune.errors import ConfigError
-from tinyprune.prune.groups import PRUNABLE
+from tinyprune.prune.groups import PRUNABLE, channel_groups
 from tinyprune.prune.vib_gates import _units, gates_of, insert_gates, remove_gates
 
 Progress = Callable[[int, int, str], None]
@@ -297,8 +297,8 @@ def remove_channels(model: nn.Module, example: torch.Tensor, closed: dict[str, s
             continue
         if len(allowed) < len(pos):
             group = dg.get_pruning_group(layer, fn, sorted(allowed))
-        if not dg.check_pruning_group(group):
-            continue
+        if not dg.check_pruning_group(group) or channel_groups(group) > 1:
+            continue  # a grouped conv's channel groups: left to the MAC loop, which removes whole sets
         if x_check is not None:
             _absorb_constant_inputs(model, group, x_check)
         for dep, idxs in group:
