@@ -235,7 +235,8 @@ def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:
 
 def backoff_schedule(sparsity: float) -> list[float]:
     """The MAC reductions tried, largest first, while the fine-tuned model is over the accuracy budget."""
-    return [round(sparsity * f, 4) for f in (1.0, 0.75, 0.5, 0.25)] + ([0.0] if sparsity > 0 else [])
+    tried = [round(sparsity * f, 4) for f in (1.0, 0.75, 0.5, 0.25, 0.0)]
+    return [s for i, s in enumerate(tried) if s not in tried[:i]]
 
 
 def prune_finetune_stage(state: RunState, cfg: CompressConfig):

@@ -70,8 +70,14 @@ def _costs(state, stage, target) -> dict:
 
 
 def _misses(costs: dict, limits: dict) -> dict:
-    return {k: {"value": costs[k], "limit": v, "over": costs[k] - v}
-            for k, v in limits.items() if costs.get(k) is not None and costs[k] > v}
+    """Budgets the trial misses; a budget that could not be measured counts as missed."""
+    out = {}
+    for k, v in limits.items():
+        if costs.get(k) is None:
+            out[k] = {"value": None, "limit": v, "over": float("inf")}
+        elif costs[k] > v:
+            out[k] = {"value": costs[k], "limit": v, "over": costs[k] - v}
+    return out
 
 
 def _trial(base, cfg: CompressConfig, sparsity: float, folder: Path) -> dict:
@@ -113,6 +119,7 @@ def search(base, cfg: CompressConfig, budgets: FitBudgets, tmp: Path) -> tuple[d
         raise BudgetExceeded(f"nothing fits {base.target.name}: the closest, {closest['sparsity']:.0%} of the MACs "
                              f"removed ({closest['deployed']['artifact']}), misses " + ", ".join(
                                  f"{k.replace('_', ' ')} {_fmt(k, m['value'])} > {_fmt(k, m['limit'])}"
+                                 if m["value"] is not None else f"{k.replace('_', ' ')} (not measurable)"
                                  for k, m in closest["misses"].items()))
     lo, hi = 0.0, MAX_SPARSITY
     for _ in range(BISECTION_STEPS):

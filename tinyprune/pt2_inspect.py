@@ -38,7 +38,21 @@ _SYMPY_NAMES = {
     "odd", "commutative",
 }
 _QUOTED_SYMBOL = re.compile(r"'([a-z]+\d+)'")
-_TARGET_PREFIXES = ("torch.ops.", "_operator.", "math.")
+# graph node targets torch may resolve: aten/prims operators and a few symbolic-shape helpers
+_TARGET = re.compile(r"^torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?$")
+_SYM_TARGETS = {f"_operator.{n}" for n in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "getitem",
+                                            "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "pos", "abs")} | {
+    f"math.{n}" for n in ("ceil", "floor", "trunc", "sqrt")}
+# every entry a .pt2 written by torch.export.save holds; anything else (AOTInductor libraries,
+# extra files, programs under other names) is refused
+_ENTRY = re.compile(
+    r"^[A-Za-z0-9_.\-]+/("
+    r"archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id"
+    r"|models/[A-Za-z0-9_\-]+\.json"
+    r"|data/weights/([A-Za-z0-9_]+|[A-Za-z0-9_]+_weights_config\.json)"
+    r"|data/constants/(tensor_[A-Za-z0-9_]+|[A-Za-z0-9_]+_constants_config\.json)"
+    r"|data/sample_inputs/[A-Za-z0-9_]+\.pt)$")
+MAX_EXPR_CHARS = 400
 
 
 def _refuse(path: Path, why: str) -> UnsupportedModel:
@@ -47,6 +61,9 @@ def _refuse(path: Path, why: str) -> UnsupportedModel:
 
 
 def _check_expr(path: Path, expr: str) -> None:
+    if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS or "**" in expr or "!" in expr.replace("!=", "") \
+            or re.search(r"\d{13,}", expr):
+        raise _refuse(path, f"a shape expression is not plain arithmetic on symbols ({str(expr)[:40]!r})")
     if isinstance(expr, str):
         expr_only = _QUOTED_SYMBOL.sub(r"\1", expr)  # a quoted symbol name is the only string allowed
     if not isinstance(expr, str) or not _EXPR_CHARS.match(expr_only) or "__" in expr:
@@ -67,16 +84,20 @@ def _walk_program(path: Path, node) -> None:
             elif key == "range_constraints" and isinstance(value, dict):
                 for name in value:
                     _check_expr(path, name)
-            elif key == "target" and isinstance(value, str) and not value.startswith(_TARGET_PREFIXES):
-                raise _refuse(path, f"a graph node calls {value[:60]!r}, not a torch operator")
+            elif key in ("target", "as_operator") and isinstance(value, str) \
+                    and not (_TARGET.match(value) or value in _SYM_TARGETS):
+                raise _refuse(path, f"a graph node calls {value[:60]!r}, not an aten operator")
             _walk_program(path, value)
     elif isinstance(node, list):
         for item in node:
             _walk_program(path, item)
 
 
-def _check_payloads(path: Path, config: dict, what: str) -> None:
-    for fqn, meta in (config.get("config") or {}).items():
+def _check_payloads(path: Path, config, what: str) -> None:
+    table = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(table, dict):
+        raise _refuse(path, f"its {what} table is malformed")
+    for fqn, meta in table.items():
         if not isinstance(meta, dict):
             raise _refuse(path, f"its {what} table is malformed")
         if meta.get("use_pickle"):
@@ -104,8 +125,13 @@ def inspect_pt2(path: Path) -> None:
     with zf:
         infos = zf.infolist()
         total = 0
+        lowered = [i.filename.lower() for i in infos]
+        if len(set(lowered)) != len(lowered):
+            raise _refuse(path, "two entry names differ only in case (torch reads names case-insensitively)")
         for info in infos:
             name = info.filename
+            if not info.is_dir() and not _ENTRY.match(name):
+                raise _refuse(path, f"it holds an entry torch.export.save does not write ({name[:60]!r})")
             parts = name.replace("\\", "/").split("/")
             if name.startswith(("/", "\\")) or "\\" in name or ".." in parts or re.match(r"^[A-Za-z]:", name):
                 raise _refuse(path, f"an entry name leaves the archive ({name[:60]!r})")
@@ -125,5 +151,7 @@ def inspect_pt2(path: Path) -> None:
                 elif "/data/constants/" in name and not name.endswith(".json") \
                         and not name.rsplit("/", 1)[-1].startswith("tensor_"):
                     raise _refuse(path, f"it holds a non-tensor constant ({name.rsplit('/', 1)[-1][:40]})")
-        except (ValueError, KeyError, zipfile.BadZipFile) as exc:
+        except UnsupportedModel:
+            raise
+        except Exception as exc:  # corrupt deflate data, odd JSON shapes, deep nesting: all bad input
             raise UnsupportedModel(f"{path.name} is corrupt ({type(exc).__name__} reading the archive)") from None

@@ -210,3 +210,39 @@ def test_an_interrupt_during_conversion_is_not_swallowed(onnx_model, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         to_int8_tflite(onnx_model, np.zeros((4, 1, 8, 8), np.float32), tmp_path / "work")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_rewrites_leave_batchnorms_they_cannot_map_exactly():
+    """A BN without running statistics normalises by the batch; one without affine parameters
+    cannot take a scale back. Neither is rewritten, and nothing crashes."""
+    from tinyprune.export.rewrite import equalize_concats, for_int8
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+            self.plain = nn.BatchNorm2d(4, affine=False)
+            self.batchwise = nn.BatchNorm2d(4, track_running_stats=False)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            c = torch.cat([self.a(x) * 0.01, self.b(x)], 1)
+            c2 = torch.cat([self.a(x), self.b(x)], 1)
+            return self.head(torch.cat([self.plain(c2), self.batchwise(c)], 1).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Odd().eval()
+    x = torch.rand(8, 1, 8, 8)
+    out, done = equalize_concats(model, x)
+    assert done == [] and out is model  # a's output reaches the affine-free BN: no scale can go back
+    rewritten, names = for_int8(model, x[:1])
+    assert "batchwise" not in names
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-5)
+
+
+def test_a_fit_budget_that_cannot_be_measured_is_missed():
+    from tinyprune.fit import _misses
+
+    misses = _misses({"flash_bytes": 100, "latency_ms": None}, {"flash_bytes": 200, "latency_ms": 5.0})
+    assert list(misses) == ["latency_ms"] and misses["latency_ms"]["value"] is None

@@ -77,11 +77,34 @@ def _tamper(kind, good, tmp_path, marker):
         e[name] = json.dumps(program).encode()
     elif kind == "path traversal":
         e["../../escaped.txt"] = b"x"
+    elif kind == "case twin":  # torch finds entries case-insensitively, and the first one wins
+        root = _find(e, "sample_inputs/model.pt").rsplit("/", 1)[0]
+        e = {f"{root}/model.PT": pickle.dumps(_Payload(marker)), **e}
+    elif kind == "aoti library":
+        root = _find(e, "models/model.json").split("/")[0]
+        e[f"{root}/data/aotinductor/m/evil.so"] = b"\x7fELF"
+    elif kind == "program without .json":
+        name = _find(e, "models/model.json")
+        program = json.loads(e[name])
+        program["range_constraints"] = {"__import__('os')": {}}
+        e[name.replace("model.json", "evil_json")] = json.dumps(program).encode()
+    elif kind in ("load_library target", "exponent bomb", "malformed config"):
+        name = _find(e, "models/model.json")
+        program = json.loads(e[name])
+        if kind == "load_library target":
+            program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.load_library"
+            e[name] = json.dumps(program).encode()
+        elif kind == "exponent bomb":
+            program["range_constraints"] = {"9**9**9**9": {}}
+            e[name] = json.dumps(program).encode()
+        else:
+            e[_find(e, "weights/model_weights_config.json")] = b"[1, 2]"
     return _write(tmp_path / f"{kind.replace(' ', '_')}.pt2", e)
 
 
 KINDS = ["pickled weight", "pickled sample inputs", "opaque constant", "guard code", "sympify", "node target",
-         "path traversal"]
+         "path traversal", "case twin", "aoti library", "program without .json", "load_library target",
+         "exponent bomb", "malformed config"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

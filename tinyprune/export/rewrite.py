@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 _CONVS = {"conv1d", "conv2d", "convolution"}
-_BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit"}
+_BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
 
 
 def op_name(node) -> str:
@@ -45,8 +45,9 @@ def unfolded_batchnorms(model: nn.Module, example: torch.Tensor) -> list[str]:
         if node.op != "call_function" or op_name(node) not in _BATCH_NORMS:
             continue
         path = module_path(node)
-        if path is None or not isinstance(modules.get(path), (nn.BatchNorm1d, nn.BatchNorm2d)):
-            continue
+        bn = modules.get(path) if path is not None else None
+        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or bn.running_var is None or bn.running_mean is None:
+            continue  # without running statistics a BatchNorm normalises by the batch: no fixed affine map
         source = node.args[0]
         foldable = hasattr(source, "op") and op_name(source) in _CONVS and len(source.users) == 1
         if not foldable and path not in names:
@@ -117,14 +118,18 @@ def _channels(node) -> int | None:
     return int(val.shape[1]) if val is not None and val.dim() >= 2 else None
 
 
-def _consumers(node, offset: int, plan: list) -> bool:
+def _consumers(node, offset: int, plan: list, modules: dict) -> bool:
     """Add to ``plan`` how every use of ``node``'s channels [offset, offset + n) absorbs a scale.
 
     False when some use cannot (the producer is then left alone)."""
     for user in node.users:
         op = op_name(user)
         path = module_path(user)
+        module = modules.get(path) if path is not None else None
         if op in _BATCH_NORMS:
+            if not (isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine
+                    and module.running_var is not None):
+                return False
             plan.append(("bn", path, offset))
         elif op == "cat" and (user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)) in (1, -3):
             start = 0
@@ -132,15 +137,16 @@ def _consumers(node, offset: int, plan: list) -> bool:
                 if part is node:
                     break
                 start += _channels(part) or 0
-            if not _consumers(user, offset + start, plan):
+            if not _consumers(user, offset + start, plan, modules):
                 return False
         elif op in _HOMOGENEOUS:
-            if not _consumers(user, offset, plan):
+            if not _consumers(user, offset, plan, modules):
                 return False
-        elif op in _CONVS and user.args[0] is node and (len(user.args) < 7 or user.args[6] == 1):
+        elif op in _CONVS and user.args[0] is node and (len(user.args) < 7 or user.args[6] == 1) \
+                and isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1:
             plan.append(("conv_in", path, offset))
-        elif op == "linear" and user.args[0] is node and (node.meta.get("val") is not None
-                                                           and node.meta["val"].dim() == 2):
+        elif op == "linear" and user.args[0] is node and isinstance(module, nn.Linear) \
+                and node.meta.get("val") is not None and node.meta["val"].dim() == 2:
             plan.append(("conv_in", path, offset))
         else:
             return False
@@ -189,9 +195,11 @@ def equalize_concats(model: nn.Module, x_calib: torch.Tensor,
     program = torch.export.export(model.eval(), (x_calib[:1],))
     graph = program.graph_module.graph
     candidates = []
+    modules = dict(model.named_modules())
     for producer, part, concat in _concat_inputs(graph):
         plan: list = []
-        if module_path(producer) and _consumers(part, 0, plan) and (
+        if isinstance(modules.get(module_path(producer) or ""), (nn.Conv1d, nn.Conv2d)) \
+                and _consumers(part, 0, plan, modules) and (
                 absorb_in_convs or all(kind == "bn" for kind, _, _ in plan)):
             candidates.append((producer, part, concat, plan))
     if not candidates:
