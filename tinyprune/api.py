@@ -103,9 +103,18 @@ def _publish(tmp: Path, out: Path) -> None:
     (tmp / MANIFEST).write_text(json.dumps({"tool": "tinyprune", "version": __version__, "files": files}) + "\n")
     old = None
     if out.exists():
+        foreign = _foreign_files(out) if out.is_dir() else [out.name]
+        if foreign:  # written there while this run worked: still the user's
+            raise ConfigError(f"--out {out} now holds files tinyprune did not write ({', '.join(foreign[:3])}); "
+                              "nothing was replaced")
         old = out.with_name(f".{out.name}.old-{time.time_ns()}")
         out.rename(old)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)  # put the previous result back
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -72,3 +72,14 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
         (tmp / "a.txt").write_text("1")
     assert not stale.exists() and foreign.exists()
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "a.txt"]  # the marker is not published
+
+
+def test_a_file_the_user_adds_during_the_run_is_kept(tmp_path):
+    out = tmp_path / "r"
+    with staged_output(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with pytest.raises(ConfigError, match=r"now holds files tinyprune did not write \(late.md\)"):
+        with staged_output(out) as tmp:
+            (tmp / "a.txt").write_text("2")
+            (out / "late.md").write_text("written while the run worked")
+    assert (out / "late.md").exists() and (out / "a.txt").read_text() == "1"
