@@ -85,8 +85,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
     missing = unsupported_tflite_ops(int8_bytes, target)
     if missing:
         raise UnsupportedOp(f"the int8 model uses op(s) that {target.name}'s TFLM runtime lacks: {', '.join(missing)}")
-    xq = tflite.device_input(int8_bytes, splits.x_eval)
-    arena = micro.smallest_arena(int8_bytes, xq[:1])
+    arena = micro.smallest_arena(int8_bytes, tflite.device_input(int8_bytes, splits.x_eval[:1]))
     layers = compare_layers(conv.source, int8_bytes, splits.x_calib)
     device, tflm_out = verify.device_accuracy(int8_bytes, splits.x_eval, splits.y_eval, arena)
     if verify.collapsed(tflm_out):
@@ -104,7 +103,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
     counted = count_tflite(int8_bytes)
     for name, text in firmware_files(int8_bytes, arena, io).items():
         state.write(name, text)
-    state.int8 = {"bytes": int8_bytes, "xq": xq, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena,
+    state.int8 = {"bytes": int8_bytes, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena,
                   "accuracy": device["accuracy"]}
     return state, StageRecord(
         "int8", counted["params"], counted["macs"], device["accuracy"], time.perf_counter() - t,
@@ -152,7 +151,7 @@ def share_stage(state: RunState, cfg: CompressConfig):
     plan = search(state.finetuned, cfg.sharing, x_train=splits.x_train, y_train=splits.y_train,
                   x_eval=splits.x_eval, y_eval=splits.y_eval, accuracy_floor=accuracy_floor(state, cfg),
                   base_flash=len(state.int8["bytes"]), ram_limit=target.ram_bytes - target.runtime_ram_bytes,
-                  seed=cfg.seed, export=export, evaluate=evaluate, progress=_bar(state))
+                  seed=cfg.seed, export=export, evaluate=evaluate, progress=state.progress)
     state.sharing = plan
     if plan.chosen is None:
         return state, []
@@ -171,10 +170,6 @@ def share_stage(state: RunState, cfg: CompressConfig):
                  "measure": measure(lut.model, state, arena_bytes=check["arena_after"]),
                  "accuracy_measured_on": f"all {check['samples']} held-out samples in TFLM"},
     )
-
-
-def _bar(state: RunState):
-    return lambda done, total, message: state.progress(done, total, message)
 
 
 def archive_stage(state: RunState, cfg: CompressConfig):

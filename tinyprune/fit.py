@@ -9,7 +9,8 @@ the MAC reduction:
 2. ``MAX_SPARSITY``: if even that does not fit, nothing will; exit 1 with the closest result and
    by how much each budget is missed;
 3. ``BISECTION_STEPS`` halvings of the interval between the largest reduction known not to fit
-   and the smallest known to fit; the smallest fitting reduction is deployed.
+   and the smallest known to fit; the most accurate fitting trial is deployed (usually the
+   smallest fitting reduction; fine-tuning noise can favour a larger one).
 
 At most 5 trials. Each reuses the loaded model, the data splits and the original model's
 record; a trial is prune -> fine-tune -> int8 export -> weight sharing, in its own folder, and
@@ -62,11 +63,14 @@ class FitBudgets:
         return out
 
 
-def _costs(state, stage, target) -> dict:
+def _costs(stage) -> dict:
+    """The deployed stage's flash and arena, and its measurement's predicted latency and energy
+    (optimized kernels; the energy is the measurement's target estimate, cycles x pJ per cycle)."""
     m = stage.details.get("measure") or {}
     pred = ((m.get("latency") or {}).get("predicted") or {}).get("optimized") or {}
+    energy = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
     return {"flash_bytes": stage.flash_bytes, "arena_bytes": stage.arena_bytes, "latency_ms": pred.get("ms"),
-            "energy_uj": pred["cycles"] * target.pj_per_cycle * 1e-6 if pred.get("cycles") is not None else None}
+            "energy_uj": energy}
 
 
 def _misses(costs: dict, limits: dict) -> dict:
@@ -95,7 +99,7 @@ def _trial(base, cfg: CompressConfig, sparsity: float, folder: Path) -> dict:
         state.records.extend(produced if isinstance(produced, (list, tuple)) else [produced])
     dep = deployed(state, trial_cfg)
     chosen = next(r for r in state.records if r.name == dep["stage"])
-    return {"sparsity": sparsity, "state": state, "deployed": dep, "costs": _costs(state, chosen, base.target),
+    return {"sparsity": sparsity, "state": state, "deployed": dep, "costs": _costs(chosen),
             "accuracy": dep["accuracy"]}
 
 

@@ -186,6 +186,16 @@ def test_measured_arena_is_the_smallest_that_runs(tmp_path, trained, digits_npz)
         tflm_outputs(blob, x, arena - 16)
 
 
+def _compress_json(tmp_path, model, digits_npz, capsys, *args) -> dict:
+    """``compress`` of ``model`` (pickled) on the digits with ``args``; asserts exit 0, returns the report."""
+    torch.save(model.eval(), tmp_path / "m.pt")
+    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(tmp_path / "out"),
+                 *args, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("criterion, options", [
     ("vib", ["--vib-epochs", "2", "--vib-gamma", "0.01"]),
@@ -195,14 +205,9 @@ def test_measured_arena_is_the_smallest_that_runs(tmp_path, trained, digits_npz)
 ])
 def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys, criterion, options):
     """Each criterion end to end (TFLM included), at equal MACs: within 1 % above the target."""
-    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
-    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(tmp_path / "out"),
-                 "--criterion", criterion, *options, "--sparsity", "0.4", "--finetune-epochs", "1",
-                 "--max-accuracy-drop", "100",
-                 "--no-deepcompress", "--seed", "3", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    report = json.loads(captured.out)
+    report = _compress_json(tmp_path, trained("cnn_bn"), digits_npz, capsys, "--criterion", criterion, *options,
+                            "--sparsity", "0.4", "--finetune-epochs", "1", "--max-accuracy-drop", "100",
+                            "--no-deepcompress", "--seed", "3")
     pruned = next(s for s in report["stages"] if s["name"] == "pruned")
     assert report["config"]["prune"]["criterion"] == criterion and report["config"]["seed"] == 3
     assert pruned["details"]["criterion"] == criterion
@@ -228,12 +233,8 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
 def test_accuracy_budget_backs_off_pruning_and_holds(tmp_path, trained, digits_npz, capsys):
     """90 % of the MACs removed without fine-tuning costs far more than 1 point: the stage prunes
     less until the budget holds, and says what it tried."""
-    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
-    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(tmp_path / "out"),
-                 "--sparsity", "0.9", "--finetune-epochs", "0", "--max-accuracy-drop", "1", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    report = json.loads(captured.out)
+    report = _compress_json(tmp_path, trained("cnn_bn"), digits_npz, capsys, "--sparsity", "0.9",
+                            "--finetune-epochs", "0", "--max-accuracy-drop", "1")
     stages = {s["name"]: s for s in report["stages"]}
     backoff = stages["pruned"]["details"]["backoff"]
     assert backoff["asked"] == 0.9 and backoff["used"] < 0.9 and len(backoff["tried"]) >= 2
@@ -253,12 +254,7 @@ def test_accuracy_budget_backs_off_pruning_and_holds(tmp_path, trained, digits_n
 def test_default_compress_spends_accuracy_only_for_a_deployed_gain(tmp_path, trained, digits_npz, capsys, name):
     """The zoo check of the deployment-aware Deep Compression: at default settings no step after
     fine-tuning loses accuracy unless the deployed model gets smaller, and the budget holds."""
-    torch.save(trained(name).eval(), tmp_path / "m.pt")
-    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(tmp_path / "out"),
-                 "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    report = json.loads(captured.out)
+    report = _compress_json(tmp_path, trained(name), digits_npz, capsys)
     stages = {s["name"]: s for s in report["stages"]}
     assert "weight_pruned" not in stages  # zeros shrink no flatbuffer: weight pruning feeds --archive only
     deployed, int8 = report["deployed"], stages["int8"]
@@ -274,14 +270,10 @@ def test_default_compress_spends_accuracy_only_for_a_deployed_gain(tmp_path, tra
 
 @pytest.mark.slow
 def test_fit_deploys_the_most_accurate_configuration_that_fits(tmp_path, trained, digits_npz, capsys):
-    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
     out = tmp_path / "out"
     # cnn_bn deploys in 8-12 KiB unpruned (LUT), 5.7 KB at 90 %: 8 KiB needs pruning
-    code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(out), "--fit",
-                 "--max-flash", "8KiB", "--finetune-epochs", "1", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    report = json.loads(captured.out)
+    report = _compress_json(tmp_path, trained("cnn_bn"), digits_npz, capsys, "--fit", "--max-flash", "8KiB",
+                            "--finetune-epochs", "1")
     from tinyprune.report.schema import validate
 
     validate(report)

@@ -189,6 +189,7 @@ def compare_layers(model, model_bytes: bytes, x_nchw: np.ndarray, samples: int =
 
 
 def _finite(v: float) -> float | None:
+    # JSON holds no infinity: an exactly reproduced tensor (SQNR +inf) is written as 999 dB
     return round(v, 2) if math.isfinite(v) else (None if math.isnan(v) else (999.0 if v > 0 else -999.0))
 
 
