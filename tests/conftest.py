@@ -12,6 +12,22 @@ from tinyprune.testing import MODELS
 from tinyprune.train import fit
 
 
+@pytest.fixture(scope="session", autouse=True)
+def analysis_cache(tmp_path_factory):
+    """Runs of the suite (and the CLI processes they start) keep analyses in a folder of their own,
+    not in the user's ~/.cache."""
+    import os
+
+    path = tmp_path_factory.mktemp("analysis-cache")
+    old = os.environ.get("TINYPRUNE_CACHE")
+    os.environ["TINYPRUNE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TINYPRUNE_CACHE", None)
+    else:
+        os.environ["TINYPRUNE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def digits():
     return builtin_digits()

@@ -202,9 +202,10 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
     pruned = prune_to_macs(state.source_model, prune_cfg, x_info, y_info, splits.classes,
                            retrain=lambda m, label: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed,
                                                         state.progress, label),
-                           train=(splits.x_train, splits.y_train), progress=state.progress, seed=cfg.seed)
+                           train=(splits.x_train, splits.y_train), progress=state.progress, seed=cfg.seed,
+                           cache_dir=cfg.cache_dir)
     state.pruned, state.model = pruned, pruned.model
-    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, prune_cfg.criterion)
+    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, prune_cfg.criterion, cfg.cache_dir)
     return StageRecord("pruned", pruned.params_after, pruned.macs_after,
                        accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
                        nonzero_params=_nonzero(pruned.model),
@@ -360,11 +361,11 @@ def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_
     return data
 
 
-def _layer_records(model, pruned, x, y, criterion: str) -> list[dict]:
+def _layer_records(model, pruned, x, y, criterion: str, cache_dir=None) -> list[dict]:
     """Per layer: widths, and the MI of what was kept and removed (measured on the original model)."""
     from tinyprune.prune.mi import model_channel_mi
 
-    mi = model_channel_mi(model, x, y)
+    mi = model_channel_mi(model, x, y, cache_dir=cache_dir)
     out = []
     for layer in pruned.layers:
         rel = mi.get(layer["name"], {}).get("relevance")
@@ -392,7 +393,7 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
     t = time.perf_counter()
     loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
     x, y = analysis_set(splits)
-    mi = model_channel_mi(model, x, y)
+    mi = model_channel_mi(model, x, y, cache_dir=cfg.cache_dir)
     layers = []
     for name, v in mi.items():
         order = np.argsort(-v["relevance"])

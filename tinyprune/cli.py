@@ -39,7 +39,25 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where analyses of a model on its data are kept for the next run (default $TINYPRUNE_CACHE, "
+                        "else ~/.cache/tinyprune)")
+    p.add_argument("--no-cache", action="store_true", help="measure every analysis afresh and keep none")
+
+
+def _cache_dir(args) -> str | None:
+    if args.no_cache:
+        if args.cache_dir is not None:
+            raise ConfigError("--no-cache and --cache-dir contradict each other; give one")
+        return None
+    from tinyprune.information.cache import default_cache_dir  # light: numpy and torch only when used
+
+    return str(args.cache_dir or default_cache_dir())
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    _cache_flags(p)
     p.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
     p.add_argument("--out", type=Path, help="output folder (replaced only when the run succeeds)")
     p.add_argument("--sparsity", type=_sparsity, default=0.5, help="fraction of MACs to remove (default 0.5)")
@@ -151,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--out", type=Path, help="output folder (default tinyprune-out/<stem>-mi)")
     ana.add_argument("--seed", type=int, default=0)
     ana.add_argument("--json", action="store_true", help="print mi.json on stdout")
+    _cache_flags(ana)
 
     pl = sub.add_parser("plane", help="train the model N epochs recording I(X;T), I(T;Y) per layer; "
                                       "writes plane.json and plane.png", epilog=EPILOG)
@@ -240,6 +259,7 @@ def _config(args):
         finetune=FinetuneConfig(epochs=epochs),
         export=ExportConfig(bn_as_depthwise=not args.plain_export, equalize_concats=not args.plain_export),
         plane=args.plane,
+        cache_dir=_cache_dir(args),
     )
 
 
@@ -480,7 +500,7 @@ def _run(args) -> int:
     if args.command == "analyze":
         from tinyprune.config import CompressConfig, DataConfig
 
-        cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout))
+        cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout), cache_dir=_cache_dir(args))
         source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)
         result = api.analyze(source, cfg, args.data, args.out)
         if args.json:

@@ -84,6 +84,9 @@ class CompressConfig:
     # structured pruning backs off and weight sharing widens its indices to stay within it
     max_accuracy_drop: float = 1.0
     plane: bool = False  # record the information plane during fine-tuning (plane.json, plane.png)
+    # where analyses (MI scores, covariances) are kept for the next run on the same model and data;
+    # None: not kept (the CLI's default is tinyprune.information.cache.default_cache_dir())
+    cache_dir: str | None = None
 
     def __post_init__(self):
         import math

@@ -52,6 +52,7 @@ def test_bad_criterion_settings_are_one_line_config_errors(criterion, options, m
     (["--criterion", "l1", "--vib-gamma", "0.1"], "--vib-gamma belongs to --criterion vib, not --criterion l1"),
     (["--criterion", "nope"], "unknown criterion 'nope'"),
     (["--criterion", "vib", "--vib-epochs", "-2"], "--vib-epochs must be >= 0"),
+    (["--no-cache", "--cache-dir", "somewhere"], "--no-cache and --cache-dir contradict each other"),
 ])
 def test_cli_rejects_flags_before_loading_the_model(tmp_path, capsys, argv, message):
     # the model file does not exist: the flag error must come first

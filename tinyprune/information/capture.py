@@ -8,10 +8,6 @@ A Linear output ``[N, F]`` is already one value per channel (``"flat"`` gives ``
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -22,8 +18,6 @@ from tinyprune.errors import ConfigError, DataError
 
 SUMMARIES = ("mean", "max", "flat")
 DEFAULT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
-# Bump when what is stored changes, so old cache files stop matching.
-CACHE_VERSION = 1
 
 
 def _summarize(out: torch.Tensor, module: nn.Module, summary: str) -> torch.Tensor:
@@ -111,10 +105,8 @@ def capture_activations(
     return result
 
 
-def _hash_tensor(h, name: str, t: torch.Tensor) -> None:
-    t = t.detach().to("cpu").contiguous()
-    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+def _settings(layers, summary: str) -> dict:
+    return {"summary": summary, "layers": repr(layers)}
 
 
 def activation_key(model: nn.Module, x, layers=None, summary: str = "mean") -> str:
@@ -123,13 +115,9 @@ def activation_key(model: nn.Module, x, layers=None, summary: str = "mean") -> s
     Any change to a weight, a mask or a shape (a new sparsity) gives a new key; ``batch_size``
     does not enter because it does not change the result.
     """
-    h = hashlib.sha256(f"tinyprune-activations-v{CACHE_VERSION}|{summary}|{layers!r}|".encode())
-    h.update(repr(model).encode())
-    for name, t in model.state_dict().items():
-        _hash_tensor(h, name, t)
-    data = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-    _hash_tensor(h, "x", data)
-    return h.hexdigest()
+    from tinyprune.information.cache import analysis_key
+
+    return analysis_key("acts", model, {"x": x}, _settings(list(layers) if layers is not None else None, summary))
 
 
 def cached_activations(
@@ -143,23 +131,13 @@ def cached_activations(
     """:func:`capture_activations`, stored in ``cache_dir`` as ``acts-<key>.npz`` (see
     :func:`activation_key`); a second call with the same model, data and options loads the file
     and does not run the model."""
+    from tinyprune.information.cache import cached
+
     layers = list(layers) if layers is not None else None
-    cache = Path(cache_dir)
-    path = cache / f"acts-{activation_key(model, x, layers, summary)[:40]}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            names = [str(n) for n in z["names"]]
-            return {name: torch.from_numpy(z[f"a{i}"].copy()) for i, name in enumerate(names)}
-    acts = capture_activations(model, x, layers=layers, batch_size=batch_size, summary=summary)
-    cache.mkdir(parents=True, exist_ok=True)
-    arrays = {f"a{i}": t.numpy() for i, t in enumerate(acts.values())}
-    # Write then rename, so a concurrent reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, names=np.array(list(acts), dtype=str), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return acts
+
+    def compute():
+        acts = capture_activations(model, x, layers=layers, batch_size=batch_size, summary=summary)
+        return {"names": np.array(list(acts), dtype=str), **{f"a{i}": t.numpy() for i, t in enumerate(acts.values())}}
+
+    stored = cached("acts", model, {"x": x}, _settings(layers, summary), compute, cache_dir)
+    return {str(name): torch.from_numpy(stored[f"a{i}"]) for i, name in enumerate(stored["names"])}

@@ -40,9 +40,24 @@ def conditional_variance(cov: torch.Tensor, conditional: bool = True) -> torch.T
     return (1.0 / prec.diagonal().clamp_min(1e-30)).clamp_max(var + ridge)
 
 
-def _input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict[str, dict]:
+def _input_stats(model: nn.Module, x: np.ndarray, cache_dir=None) -> dict[str, dict]:
     """Per conv/linear layer: covariance of its input channels (over samples and positions),
-    and its output's spatial size."""
+    and its output's spatial size; stored in ``cache_dir`` (tinyprune.information.cache)."""
+    from tinyprune.information.cache import cached
+
+    def compute():
+        stats = _measure_input_stats(model, x)
+        out = {"names": np.array(list(stats), dtype=str)}
+        for i, e in enumerate(stats.values()):
+            out[f"cov{i}"], out[f"positions{i}"] = e["cov"].numpy(), np.array(e["out_positions"])
+        return out
+
+    stored = cached("flow-input-stats", model, {"x": x}, {}, compute, cache_dir)
+    return {str(name): {"cov": torch.from_numpy(stored[f"cov{i}"]), "out_positions": int(stored[f"positions{i}"])}
+            for i, name in enumerate(stored["names"])}
+
+
+def _measure_input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict[str, dict]:
     acc: dict[str, dict] = {}
     names = {m: n for n, m in model.named_modules()}
 
@@ -82,8 +97,9 @@ class FlowImportance:
 
     REMEASURE = 0.10
 
-    def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True):
-        self.model, self.x = model, x
+    def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True,
+                 cache_dir=None):
+        self.model, self.x, self.cache_dir = model, x, cache_dir
         self.conditional, self.per_mac = conditional, per_mac
         self.kept: dict[str, list[int]] | None = None
         self._stats: dict[str, dict] | None = None
@@ -123,7 +139,7 @@ class FlowImportance:
         names = {m: n for n, m in self.model.named_modules()}
         root_name = names.get(group[0].dep.target.module)
         if self._stale():
-            self._stats = _input_stats(self.model, self.x)
+            self._stats = _input_stats(self.model, self.x, self.cache_dir)
             self._channels_then = self._channels()
             self._measured = {}
         if root_name in self._measured and self.kept is not None and root_name in self.kept:
@@ -135,7 +151,7 @@ class FlowImportance:
         try:
             score = self._score(group)
         except _Stale:  # a layer changed since the last measurement
-            self._stats, self._measured = _input_stats(self.model, self.x), {}
+            self._stats, self._measured = _input_stats(self.model, self.x, self.cache_dir), {}
             self._channels_then = self._channels()
             score = self._score(group)
         if score is not None and root_name is not None:

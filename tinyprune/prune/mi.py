@@ -76,10 +76,11 @@ class MIImportance:
 
     REMEASURE = 0.10  # re-measure after this fraction of the channels has gone
 
-    def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR, beta: float = BETA):
+    def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR, beta: float = BETA,
+                 cache_dir=None):
         check_labels(y)
         self.model, self.x, self.y = model, x, y
-        self.method, self.beta = method, beta
+        self.method, self.beta, self.cache_dir = method, beta, cache_dir
         self.kept: dict[str, list[int]] | None = None  # channel identities, kept up to date by the pruner
         self._measured: dict[str, tuple[list[int], dict]] = {}  # layer -> (ids then, scores then)
         self._channels_then = 0
@@ -91,13 +92,10 @@ class MIImportance:
         now = self._channels()
         if self._measured and (self.kept is not None and now > (1 - self.REMEASURE) * self._channels_then):
             return
-        from tinyprune.information import capture_activations
-
-        acts = capture_activations(self.model, self.x, summary="mean")
+        scores = measure_scores(self.model, self.x, self.y, self.method, self.beta, self.cache_dir)
         self._measured = {
-            name: (list(self.kept[name]) if self.kept and name in self.kept else list(range(a.shape[1])),
-                   layer_scores(a, self.y, self.method, self.beta))
-            for name, a in acts.items()
+            name: (list(self.kept[name]) if self.kept and name in self.kept else list(range(len(s["score"]))), s)
+            for name, s in scores.items()
         }
         self._channels_then = now
 
@@ -121,9 +119,29 @@ class MIImportance:
         return group_mean(self.model, group, scores_of)
 
 
-def model_channel_mi(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR) -> dict[str, dict]:
-    """Per prunable layer: relevance I(T_c;Y) and redundancy-discounted score of every channel."""
+def measure_scores(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR, beta: float = BETA,
+                   cache_dir=None) -> dict[str, dict[str, torch.Tensor]]:
+    """Per prunable layer: relevance I(T_c;Y) and redundancy-discounted score of every channel,
+    from one forward pass over ``x``; stored in ``cache_dir`` (tinyprune.information.cache)."""
     from tinyprune.information import capture_activations
+    from tinyprune.information.cache import cached
 
-    acts = capture_activations(model, x, summary="mean")
-    return {name: {k: v.numpy() for k, v in layer_scores(a, y, method).items()} for name, a in acts.items()}
+    def compute():
+        acts = capture_activations(model, x, summary="mean")
+        out = {"names": np.array(list(acts), dtype=str)}
+        for i, a in enumerate(acts.values()):
+            s = layer_scores(a, y, method, beta)
+            out[f"relevance{i}"], out[f"score{i}"] = s["relevance"].numpy(), s["score"].numpy()
+        return out
+
+    stored = cached("mi-scores", model, {"x": x, "y": y}, {"method": method, "beta": beta}, compute, cache_dir)
+    return {str(name): {"relevance": torch.from_numpy(stored[f"relevance{i}"]),
+                        "score": torch.from_numpy(stored[f"score{i}"])}
+            for i, name in enumerate(stored["names"])}
+
+
+def model_channel_mi(model: nn.Module, x: np.ndarray, y: np.ndarray, method: str = ESTIMATOR,
+                     cache_dir=None) -> dict[str, dict]:
+    """:func:`measure_scores` as numpy arrays."""
+    return {name: {k: v.numpy() for k, v in s.items()}
+            for name, s in measure_scores(model, x, y, method, cache_dir=cache_dir).items()}

@@ -43,6 +43,7 @@ class Context:
     # retrain(model, label) -> model: a fine-tune with the run's settings (between MSPIC stages)
     retrain: Callable | None = None
     progress: Callable[[int, int, str], None] | None = None
+    cache_dir: Any = None  # where measurements of a model on x are stored for reuse (None: not stored)
 
     def train_data(self):
         return (self.x_train, self.y_train) if self.x_train is not None else (self.x, self.y)

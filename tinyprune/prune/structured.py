@@ -47,7 +47,7 @@ class PruneResult:
 
 def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_calib: np.ndarray,
                   classes: int, retrain=None, train: tuple[np.ndarray, np.ndarray] | None = None,
-                  progress=None, seed: int = 0) -> PruneResult:
+                  progress=None, seed: int = 0, cache_dir=None) -> PruneResult:
     """Return a pruned copy of ``model`` with at most (1 - sparsity) of its MACs.
 
     ``x_calib``/``y_calib``: the analysis samples the criterion looks at. ``retrain(model, label)
@@ -57,7 +57,8 @@ def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_cal
     """
     x_train, y_train = train if train is not None else (None, None)
     ctx = Context(seed=seed, x=x_calib, y=y_calib, classes=classes, sparsity=cfg.sparsity,
-                  x_train=x_train, y_train=y_train, retrain=retrain, progress=progress)
+                  x_train=x_train, y_train=y_train, retrain=retrain, progress=progress,
+                  cache_dir=cache_dir)
     return prune(model, cfg, ctx)
 
 

@@ -20,4 +20,5 @@ class Flow(Criterion):
     def importance(self, model, ctx, step):
         from tinyprune.prune.flow import FlowImportance
 
-        return FlowImportance(model, ctx.x, conditional=self.config.conditional, per_mac=self.config.per_mac)
+        return FlowImportance(model, ctx.x, conditional=self.config.conditional, per_mac=self.config.per_mac,
+                              cache_dir=ctx.cache_dir)

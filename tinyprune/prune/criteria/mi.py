@@ -27,4 +27,4 @@ class Mi(Criterion):
     def importance(self, model, ctx, step):
         from tinyprune.prune.mi import MIImportance
 
-        return MIImportance(model, ctx.x, ctx.y, method=self.config.estimator)
+        return MIImportance(model, ctx.x, ctx.y, method=self.config.estimator, cache_dir=ctx.cache_dir)
