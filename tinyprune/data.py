@@ -128,6 +128,11 @@ def fit_layout(model, x: np.ndarray, layout: str = "auto") -> tuple[str, np.ndar
     import torch
 
     errors, fits = [], []
+    was_training = getattr(model, "training", False)
+    try:
+        model.eval()  # in training mode a batch norm refuses a batch of one
+    except (AttributeError, NotImplementedError):  # a torch.export program: already inference-only
+        was_training = False
     for name, cand in _candidates(x, layout):
         try:
             with torch.no_grad():
@@ -135,6 +140,9 @@ def fit_layout(model, x: np.ndarray, layout: str = "auto") -> tuple[str, np.ndar
         except Exception as exc:  # a shape mismatch surfaces as any of several exception types
             errors.append(f"{name} {list(cand.shape[1:])}: {str(exc).splitlines()[0][:100]}")
             continue
+        finally:
+            if was_training:
+                model.train()
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise DataError(f"the model returns {getattr(out, 'shape', type(out).__name__)}; expected class scores [N, classes]")
         fits.append((name, cand, int(out.shape[1])))

@@ -149,6 +149,9 @@ def lift_graph(gm: fx.GraphModule) -> fx.GraphModule:
         preferred = _preferred_name(node)
         with graph.inserting_before(node):
             new = graph.call_module(temp, (node.args[0],))
+        # A later batch norm reads its input's rank from this value (BatchNorm1d after a Linear).
+        val = node.meta.get("val")
+        new.meta["val"] = val[0] if isinstance(val, (tuple, list)) else val
         if node.target is aten._native_batch_norm_legit_no_training.default:
             # returns (out, mean, rstd); inference graphs only use element 0
             for user in list(node.users):

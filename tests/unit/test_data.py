@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tinyprune.config import DataConfig
-from tinyprune.data import RawData, load_npz, prepare
+from tinyprune.data import RawData, fit_layout, load_npz, prepare
 from tinyprune.errors import DataError
 from tinyprune.testing import MODELS
 
@@ -80,3 +80,11 @@ def test_npz_errors(tmp_path):
     np.savez(tmp_path / "obj.npz", x=np.array([object()]), y=np.zeros(1))
     with pytest.raises(DataError):
         load_npz(tmp_path / "obj.npz")  # object arrays would need unpickling: refused
+
+
+def test_the_trial_forward_pass_runs_in_eval_mode(digits):
+    # a batch norm in training mode refuses the trial batch of one
+    model = MODELS["autoencoder"]().train()
+    layout, x, outputs = fit_layout(model, digits.x_train.reshape(len(digits.x_train), 64))
+    assert (layout, x.shape[1:], outputs) == ("flat", (64,), 64)
+    assert model.training  # the caller's mode comes back

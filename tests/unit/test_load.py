@@ -145,3 +145,27 @@ def test_torchscript_runs_only_with_the_explicit_opt_in(tmp_path):
     with pytest.raises(UnsafeCode, match="TorchScript, which runs its own code; pass --trust-code"):
         load_model(tmp_path / "ts.pt")
     assert load_model(tmp_path / "ts.pt", trust_code=True).format == "torchscript"
+
+
+@pytest.mark.parametrize("name, shape", [("autoencoder", (2, 64)), ("conv1d_net", (2, 8, 8))])
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_one_d_batch_norms_lift_with_their_rank(tmp_path, name, shape, fmt):
+    # A BatchNorm1d after a lifted Linear used to become a BatchNorm2d ("expected 4D input")
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(*shape)
+    path = tmp_path / ("m.pt" if fmt == "torchscript" else "m.pt2")
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(model, x), path)
+    else:
+        batch = torch.export.Dim("batch", min=1)
+        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), path)
+    lifted = to_module(load_model(path, trust_code=fmt == "torchscript"), x[:1])
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in lifted.modules()) == \
+        sum(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    batch_x = torch.rand(5, *shape[1:])
+    torch.testing.assert_close(lifted(batch_x), model(batch_x), rtol=1e-4, atol=1e-5)

@@ -92,7 +92,11 @@ def for_int8(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[s
 
 def _has_length_axis(model: nn.Module, path: str, example: torch.Tensor) -> bool:
     seen = {}
-    handle = model.get_submodule(path).register_forward_hook(lambda m, i, o: seen.setdefault("dim", o.dim()))
+
+    def hook(module, inputs, out):  # returns None: a forward hook's return value replaces the output
+        seen.setdefault("dim", out.dim())
+
+    handle = model.get_submodule(path).register_forward_hook(hook)
     try:
         with torch.no_grad():
             model.eval()(example)

@@ -136,5 +136,37 @@ def concat_net() -> nn.Module:
     return ConcatNet()
 
 
+def _fc_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU()]
+
+
+def autoencoder() -> nn.Module:
+    """The MLPerf Tiny anomaly-detection autoencoder's shape (640 -> 128x4 -> 8 -> 128x4 -> 640,
+    Linear + BatchNorm1d + ReLU blocks), scaled to the flattened 8x8 digits: 64 -> 32x2 -> 8 -> 32x2 -> 64."""
+    return nn.Sequential(*_fc_bn(64, 32), *_fc_bn(32, 32), *_fc_bn(32, 8), *_fc_bn(8, 32), *_fc_bn(32, 32),
+                         nn.Linear(32, 64))
+
+
+def conv1d_net() -> nn.Module:
+    """A 1-D signal classifier (keyword spotting / IMU style) on [N, 8, 8]: 8 channels of length 8."""
+    return nn.Sequential(
+        nn.Conv1d(8, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Conv1d(32, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Flatten(), nn.Linear(32 * 4, 10),
+    )
+
+
+def regressor() -> nn.Module:
+    """A regression head on 1x8x8 images: two outputs (e.g. the ink centroid of a digit)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 2),
+    )
+
+
 MODELS = {"mlp": mlp, "cnn_bn": cnn_bn, "digits_cnn": digits_cnn, "dw_residual": dw_residual, "concat_net": concat_net,
-          "ds_cnn": ds_cnn, "mobilenet": mobilenet, "se_net": se_net}
+          "ds_cnn": ds_cnn, "mobilenet": mobilenet, "se_net": se_net, "autoencoder": autoencoder,
+          "conv1d_net": conv1d_net, "regressor": regressor}
+
+# The shape of one sample each model takes (the digits as images, flattened, or as 8 rows of 8).
+SAMPLE_SHAPES = {name: (1, 8, 8) for name in MODELS} | {"autoencoder": (64,), "conv1d_net": (8, 8)}
