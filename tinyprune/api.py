@@ -21,7 +21,7 @@ import numpy as np
 
 from tinyprune import __version__, targets
 from tinyprune.config import CompressConfig
-from tinyprune.errors import ConfigError
+from tinyprune.errors import ConfigError, DataError
 from tinyprune.report import Report, StageRecord, to_markdown
 from tinyprune.device_stages import archive_stage, deployed, export_stage, share_stage
 from tinyprune.state import RunState, measure
@@ -163,6 +163,9 @@ def _load_stage(source, cfg, data_path, builtin_data):
     else:
         raise ConfigError("no data: pass --data DATA.npz (x/y arrays); the built-in digits are only for the demo")
     splits = data_mod.prepare(raw, loaded.callable(), cfg.data, cfg.seed)
+    from tinyprune.prune import protocol
+
+    protocol.check_task(cfg.prune.criterion, splits.task.kind)  # before the first slow step
     model = to_module(loaded, torch.from_numpy(splits.x_train[:1]))
     return loaded, model, splits
 
@@ -173,17 +176,23 @@ def torch_example(splits):
     return torch.from_numpy(splits.x_train[:1])
 
 
+def held_out_quality(model, splits) -> tuple[float, dict]:
+    """(score, the task's metrics) of a float model on the held-out split."""
+    from tinyprune.train import evaluate
+
+    found = evaluate(model, splits.x_eval, splits.y_eval, splits.task, splits.anomaly_eval)
+    return found.pop("score"), found
+
+
 def load_stage(state: RunState, cfg: CompressConfig):
     from tinyprune.measure.macs import count_torch
-    from tinyprune.train import accuracy
 
     t = time.perf_counter()
     state.loaded, state.model, state.splits = _load_stage(state.source, cfg, state.data_path, state.builtin_data)
     state.example = torch_example(state.splits)
     macs, params = count_torch(state.model, state.example)
-    return state, StageRecord("original", params, macs,
-                              accuracy(state.model, state.splits.x_eval, state.splits.y_eval),
-                              time.perf_counter() - t,
+    score, quality = held_out_quality(state.model, state.splits)
+    return state, StageRecord("original", params, macs, score, time.perf_counter() - t, quality=quality,
                               details={"format": state.loaded.format,
                                        "measure": measure(state.model, state, example=state.example)})
 
@@ -194,7 +203,7 @@ def _nonzero(model) -> int:
 
 def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
     from tinyprune.prune import prune_to_macs
-    from tinyprune.train import accuracy, fit
+    from tinyprune.train import fit
 
     t = time.perf_counter()
     splits = state.splits
@@ -205,10 +214,11 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
                            train=(splits.x_train, splits.y_train), progress=state.progress, seed=cfg.seed,
                            cache_dir=cfg.cache_dir)
     state.pruned, state.model = pruned, pruned.model
-    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, prune_cfg.criterion, cfg.cache_dir)
-    return StageRecord("pruned", pruned.params_after, pruned.macs_after,
-                       accuracy(pruned.model, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                       nonzero_params=_nonzero(pruned.model),
+    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, prune_cfg.criterion, cfg.cache_dir,
+                                  with_mi=splits.task.kind == "classify")
+    score, quality = held_out_quality(pruned.model, splits)
+    return StageRecord("pruned", pruned.params_after, pruned.macs_after, score, time.perf_counter() - t,
+                       nonzero_params=_nonzero(pruned.model), quality=quality,
                        details={"criterion": prune_cfg.criterion, "steps": pruned.steps,
                                 "sparsity": prune_cfg.sparsity,
                                 "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
@@ -216,7 +226,7 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
 
 
 def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:
-    from tinyprune.train import accuracy, fit
+    from tinyprune.train import fit
 
     t = time.perf_counter()
     splits, plane = state.splits, None
@@ -234,9 +244,9 @@ def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:
     else:
         tuned = fit(state.model, splits.x_train, splits.y_train, cfg.finetune, cfg.seed, state.progress)
     state.model = tuned
-    return StageRecord("finetuned", state.pruned.params_after, state.pruned.macs_after,
-                       accuracy(tuned, splits.x_eval, splits.y_eval), time.perf_counter() - t,
-                       nonzero_params=_nonzero(tuned),
+    score, quality = held_out_quality(tuned, splits)
+    return StageRecord("finetuned", state.pruned.params_after, state.pruned.macs_after, score, time.perf_counter() - t,
+                       nonzero_params=_nonzero(tuned), quality=quality,
                        details={"epochs": cfg.finetune.epochs,
                                 **({"plane": {"json": "plane.json", "png": "plane.png",
                                               **plane_summary(plane)}} if plane else {}),
@@ -346,6 +356,7 @@ def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_
 
     t = time.perf_counter()
     loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
+    _needs_labels(splits, "plane")
     x, y = plane_set(splits)
     _, data = record_during_finetune(model, splits.x_train, splits.y_train, x, y, epochs, methods=methods,
                                      bins=bins, noise_var=noise_var, lr=cfg.finetune.lr,
@@ -361,11 +372,12 @@ def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_
     return data
 
 
-def _layer_records(model, pruned, x, y, criterion: str, cache_dir=None) -> list[dict]:
-    """Per layer: widths, and the MI of what was kept and removed (measured on the original model)."""
+def _layer_records(model, pruned, x, y, criterion: str, cache_dir=None, with_mi: bool = True) -> list[dict]:
+    """Per layer: widths, and the MI with the labels of what was kept and removed (measured on the
+    original model; classifiers only)."""
     from tinyprune.prune.mi import model_channel_mi
 
-    mi = model_channel_mi(model, x, y, cache_dir=cache_dir)
+    mi = model_channel_mi(model, x, y, cache_dir=cache_dir) if with_mi else {}
     out = []
     for layer in pruned.layers:
         rel = mi.get(layer["name"], {}).get("relevance")
@@ -384,6 +396,12 @@ def _layer_records(model, pruned, x, y, criterion: str, cache_dir=None) -> list[
     return out
 
 
+def _needs_labels(splits, command: str) -> None:
+    if splits.task.kind != "classify":
+        raise DataError(f"{command} measures information about class labels; this data is a {splits.task.kind} task "
+                        "(compress works on it with a label-free criterion)")
+
+
 def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_dir: Path | None,
             builtin_data: bool = False) -> dict:
     """Per-layer and per-channel MI with the labels; writes mi.json and mi.png to ``out_dir``."""
@@ -392,6 +410,7 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
 
     t = time.perf_counter()
     loaded, model, splits = _load_stage(source, cfg, data_path, builtin_data)
+    _needs_labels(splits, "analyze")
     x, y = analysis_set(splits)
     mi = model_channel_mi(model, x, y, cache_dir=cfg.cache_dir)
     layers = []

@@ -13,6 +13,10 @@ FILE`` names another file), one ``[[model]]`` table per model::
     max_energy_uj = 50       # target-calibrated estimate: pJ/cycle x predicted cycles
     min_accuracy = 0.90      # .tflite evaluated in TFLM (LiteRT cross-check) on `data`
     data = "data/test.npz"   # x (NCHW or NHWC) and y, or x_test / y_test
+    # regression / autoencoder models (the task follows the data, see tinyprune.task):
+    # max_mse = 0.05         # mean squared error in TFLM (regress, reconstruct)
+    # min_auc = 0.85         # ROC AUC of the reconstruction error (data with anomaly labels)
+    # min_quality = 0.8      # the task's score: accuracy, R², ROC AUC or explained variance
     include_runtime = false
     input_shape = [1, 28, 28]  # PyTorch / ONNX models only: one sample's shape
 
@@ -34,8 +38,10 @@ import numpy as np
 from tinyprune.errors import ConfigError, DataError
 
 KEYS = {"path", "name", "target", "max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj",
-        "min_accuracy", "data", "include_runtime", "kernels", "input_shape"}
-BUDGETS = ("max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj", "min_accuracy")
+        "min_accuracy", "min_quality", "max_mse", "min_auc", "data", "include_runtime", "kernels", "input_shape"}
+# budgets measured by running the model in TFLM on `data`, and the task metric each one reads
+QUALITY = {"min_accuracy": "accuracy", "min_quality": "score", "max_mse": "mse", "min_auc": "auc"}
+BUDGETS = ("max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj", *QUALITY)
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
 
@@ -185,13 +191,16 @@ def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
             if key in t:
                 limits[key] = _number(t, key, where)
         data = None
-        if "min_accuracy" in t:
-            acc = _number(t, "min_accuracy", where)
-            if acc > 1:
-                raise ConfigError(f"{where}: 'min_accuracy' is a fraction in [0, 1], got {acc}")
-            limits["min_accuracy"] = acc
+        for key in QUALITY:
+            if key not in t:
+                continue
+            value = _number(t, key, where, positive=key != "min_quality")
+            if key != "max_mse" and value > 1:
+                raise ConfigError(f"{where}: '{key}' is a fraction, at most 1, got {value}")
+            limits[key] = value
             if not isinstance(t.get("data"), str):
-                raise ConfigError(f"{where}: min_accuracy needs data = \"...\" (an .npz with x and y) in the same table")
+                raise ConfigError(f"{where}: {key} needs data = \"...\" (an .npz: x and y, or x only for an "
+                                  "autoencoder) in the same table")
         if "data" in t:
             if not isinstance(t["data"], str):
                 raise ConfigError(f"{where}: 'data' must be a path string")
@@ -222,6 +231,9 @@ def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
 def _fit_layout(x: np.ndarray, input_shape: list[int]) -> np.ndarray:
     """x in the model's PyTorch layout (what litert_predict takes): NCHW for 4-D device inputs."""
     want = tuple(input_shape[1:])  # device layout, no batch
+    if x.ndim == 3 and len(want) == 2 and tuple(x.shape[1:]) in (want[::-1], want):
+        # a 1-D signal: [N, C, L] as PyTorch (and compress) take it, else [N, L, C] as the device does
+        return x if tuple(x.shape[1:]) == want[::-1] else np.ascontiguousarray(x.transpose(0, 2, 1))
     if x.ndim == len(want) + 1 and tuple(x.shape[1:]) == want:
         return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x  # NHWC as stored: to NCHW
     if x.ndim == 4 and len(want) == 3 and tuple(x.shape[1:]) == (want[2], want[0], want[1]):
@@ -233,30 +245,44 @@ def _fit_layout(x: np.ndarray, input_shape: list[int]) -> np.ndarray:
     raise DataError(f"data samples of shape {tuple(x.shape[1:])} do not fit the model input {tuple(input_shape)}")
 
 
-def tflite_accuracy(model_bytes: bytes, data_path: Path, arena: int | None = None) -> tuple[float, int, dict]:
-    """(accuracy, samples, record) of the TFLite model in TFLM on the .npz (test part when it has one).
+def tflite_quality(model_bytes: bytes, data_path: Path, arena: int | None = None) -> dict:
+    """The task's metrics (``score``, and accuracy, or mse/mae/r2, or auc/mse) of the TFLite model
+    in TFLM on the .npz (its test part when it has one); the task follows the data (tinyprune.task).
 
     TFLM is what the device runs, and it also runs DECODE (LUT-compressed) models that LiteRT
     cannot load; LiteRT cross-checks where it can (see ``export.verify``)."""
     from tinyprune.data import load_npz
     from tinyprune.export import micro, verify
     from tinyprune.export.tflite import device_input, io_details
+    from tinyprune.task import Task, check_anomaly, detect, targets_for
 
     raw = load_npz(data_path)
-    x, y = (raw.x_test, raw.y_test) if raw.x_test is not None else (raw.x_train, raw.y_train)
+    test = raw.x_test is not None
+    x, y = (raw.x_test, raw.y_test) if test else (raw.x_train, raw.y_train)
+    anomaly = raw.anomaly_test if test else raw.anomaly_train
     io = io_details(model_bytes)
     x = _fit_layout(np.asarray(x, np.float32), io["input"]["shape"])
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(y) != len(x):
+    kind = detect(None, None if y is None else np.asarray(y))
+    if y is not None and len(y) != len(x):
         raise DataError(f"{data_path.name}: {len(x)} samples but {len(y)} labels")
-    classes = int(np.prod(io["output"]["shape"][1:]))
-    if len(y) and (y.min() < 0 or y.max() >= classes):
-        raise DataError(f"{data_path.name}: labels span {y.min()}..{y.max()} but the model has {classes} outputs")
+    device_out = tuple(io["output"]["shape"][1:])
+    # the output's PyTorch layout: channels first, as the targets are built
+    outputs = (device_out[-1], *device_out[:-1]) if len(device_out) >= 2 else device_out
+    if kind == "classify":
+        y = np.asarray(y).astype(np.int64).reshape(-1)
+        classes = int(np.prod(device_out))
+        if len(y) and (y.min() < 0 or y.max() >= classes):
+            raise DataError(f"{data_path.name}: labels span {y.min()}..{y.max()} but the model has {classes} outputs")
+    else:
+        y = targets_for(kind, x, None if y is None else np.asarray(y), outputs, data_path.name)
+    if anomaly is not None:
+        anomaly = check_anomaly(np.asarray(anomaly), len(x), data_path.name)
     if arena is None:
         arena = micro.smallest_arena(model_bytes, device_input(model_bytes, x[:1]))
-    record, _ = verify.device_accuracy(model_bytes, x, y, arena)
+    task = Task(kind, anomaly_labels=anomaly is not None)
+    record, _ = verify.device_accuracy(model_bytes, x, y, arena, task, anomaly)
     verify.check_agreement(record)
-    return record["accuracy"], record["samples"], record
+    return {**record, "task": task.to_dict()}
 
 
 # ------------------------------------------------------------------------------------- check
@@ -275,6 +301,7 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
         t = m["totals"]
         result.unsupported[b.name] = m.get("unsupported_ops") or []
         rt = " + runtime" if b.include_runtime else ""
+        record = None
         for key, limit in b.limits.items():
             if key == "max_flash":
                 value = t["flash_total_bytes"] if b.include_runtime else t["flash_bytes"]
@@ -300,17 +327,24 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
                 cycles = predict(m["layers"], tgt, b.kernels)["cycles"]
                 value = cycles * tgt.pj_per_cycle * 1e-6
                 text, detail = f"{value:.2f} uJ vs {limit:g} uJ", f"{tgt.pj_per_cycle:g} pJ/cycle x predicted cycles"
-            else:  # min_accuracy
+            else:  # a quality budget: the model run in TFLM on its data, once for all of them
                 if m["format"] != "tflite":
-                    raise ConfigError(f"{b.name}: min_accuracy is checked on .tflite models only")
-                if progress:
-                    progress(f"evaluating {b.name} on {b.data.name}")
-                value, n, record = tflite_accuracy(b.path.read_bytes(), b.data, t.get("arena_bytes"))
-                ok = value >= limit
+                    raise ConfigError(f"{b.name}: {key} is checked on .tflite models only")
+                if record is None:
+                    if progress:
+                        progress(f"evaluating {b.name} on {b.data.name}")
+                    record = tflite_quality(b.path.read_bytes(), b.data, t.get("arena_bytes"))
+                metric = QUALITY[key]
+                if metric not in record:
+                    raise ConfigError(f"{b.name}: {key} does not apply to a {record['task']['kind']} model "
+                                      f"(its data gives {', '.join(k for k in QUALITY.values() if k in record)})")
+                value = record[metric]
+                ok = value <= limit if key == "max_mse" else value >= limit
+                shown = f"{value:.4g} vs <= {limit:.4g}" if key == "max_mse" else f"{value:.2%} vs >= {limit:.2%}"
                 cross = (f", LiteRT agrees on {record['agreement_with_litert']:.1%}" if "agreement_with_litert" in record
                          else ", no LiteRT cross-check (TFLM-only ops)")
-                result.outcomes.append(Outcome(b.name, key, value, limit, ok, f"{value:.2%} vs >= {limit:.2%}",
-                                               f"TFLM on {n} samples of {b.data.name}{cross}"))
+                result.outcomes.append(Outcome(b.name, key, value, limit, ok, shown,
+                                               f"TFLM on {record['samples']} samples of {b.data.name}{cross}"))
                 continue
             result.outcomes.append(Outcome(b.name, key, value, limit, value <= limit, text, detail))
     return result

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="load a file that runs its own code: a pickle needing classes outside torch.nn, or "
                            "TorchScript (RUNS ITS CODE: trusted files only)")
     comp.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto", help="layout of x in --data")
+    comp.add_argument("--task", choices=("classify", "regress", "reconstruct"), default=None,
+                      help="what the model does (default: from the data: integer y classify, float y regress, "
+                           "x only reconstruct, e.g. an anomaly-detection autoencoder)")
     _common(comp)
 
     ana = sub.add_parser("analyze", help="per-layer and per-channel MI with the labels; writes mi.json and mi.png",
@@ -253,7 +256,7 @@ def _config(args):
         max_accuracy_drop=args.max_accuracy_drop,
         target=args.target,
         seed=args.seed,
-        data=DataConfig(layout=getattr(args, "layout", "auto"),
+        data=DataConfig(layout=getattr(args, "layout", "auto"), task=getattr(args, "task", None),
                         **({"calib_samples": args.calib_samples} if args.calib_samples is not None else {})),
         prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, at_init=args.at_init, options=options),
         finetune=FinetuneConfig(epochs=epochs),
@@ -313,15 +316,13 @@ def _print_report(report) -> None:
 
     from tinyprune.report import summary_rows
     from tinyprune.export.verify import OPTIMIZED_AGREEMENT_GOAL
-    from tinyprune.report.render import HEADER
+    from tinyprune.report.render import header, headline, score_label
 
     t = Table(title=f"tinyprune: {Path(report.model['path']).name} -> {report.target['name']}")
-    for h in HEADER:
+    for h in header(report):
         t.add_column(h, justify="left" if h == "stage" else "right")
     for row in summary_rows(report):
         t.add_row(*row)
-    from tinyprune.report.render import headline
-
     console = Console()
     console.print(t)
     for line in headline(report):
@@ -329,7 +330,8 @@ def _print_report(report) -> None:
     orig, int8 = report.stage("original"), report.stage("int8")
     fits = report.fits
     console.print(
-        f"float accuracy {orig.accuracy:.2%} -> int8 {int8.accuracy:.2%} (held-out, n={report.data['eval']}); "
+        f"float {score_label(report.data)} {orig.accuracy:.2%} -> int8 {int8.accuracy:.2%} "
+        f"(held-out, n={report.data['eval']}); "
         f"MACs {int8.macs / orig.macs - 1:+.1%}, params {int8.params / orig.params - 1:+.1%}; "
         f"fits {report.target['name']}: flash {'yes' if fits['flash'] else 'NO'}, RAM {'yes' if fits['ram'] else 'NO'}"
     )
@@ -404,12 +406,8 @@ def _print_mi(result: dict) -> None:
         fmt = lambda pairs: ", ".join(f"{c}:{v:.2f}" for c, v in pairs[:3])
         t.add_row(l["name"], str(l["channels"]), f"{l['mean']:.3f}", f"{l['min']:.3f}", f"{l['max']:.3f}",
                   fmt(l["top"]), fmt(l["bottom"]))
-    from tinyprune.report.render import headline
-
     console = Console()
     console.print(t)
-    for line in headline(report):
-        console.print(line.replace("`", ""), markup=False)
     console.print(f"mi.json and mi.png in {result['out']} ({result['seconds']:.1f} s)")
 
 
@@ -430,12 +428,8 @@ def _print_plane(result: dict) -> None:
         for v in result["methods"].values():
             row += [f"{v['ixt'][n][0]:.2f} -> {v['ixt'][n][-1]:.2f}", f"{v['ity'][n][0]:.2f} -> {v['ity'][n][-1]:.2f}"]
         t.add_row(*row)
-    from tinyprune.report.render import headline
-
     console = Console()
     console.print(t)
-    for line in headline(report):
-        console.print(line.replace("`", ""), markup=False)
     console.print(f"epochs 0..{result['epochs'][-1] if result['epochs'] else 0}, sample accuracy "
                   f"{result['accuracy'][0]:.2%} -> {result['accuracy'][-1]:.2%}; plane.json and plane.png in "
                   f"{result['out']} ({result['seconds']:.1f} s)")

@@ -13,12 +13,15 @@ class DataConfig:
     eval_fraction: float = 0.2  # held out when the .npz has no test split
     calib_samples: int = 200  # int8 calibration images, drawn from the training part
     input_shape: tuple[int, ...] | None = None  # per-sample shape, when no data is given
+    task: str | None = None  # classify | regress | reconstruct (tinyprune.task); None: from the data
 
     def __post_init__(self):
         if self.layout not in ("auto", "nchw", "nhwc"):
             raise ConfigError(f"--layout must be auto, nchw or nhwc, got {self.layout!r}")
         if not 0.05 <= self.eval_fraction <= 0.5:
             raise ConfigError(f"eval fraction must be in [0.05, 0.5], got {self.eval_fraction}")
+        if self.task is not None and self.task not in ("classify", "regress", "reconstruct"):
+            raise ConfigError(f"--task must be classify, regress or reconstruct, got {self.task!r}")
         if self.calib_samples < 1:
             raise ConfigError("calibration samples must be >= 1")
 

@@ -87,7 +87,8 @@ def export_stage(state: RunState, cfg: CompressConfig):
         raise UnsupportedOp(f"the int8 model uses op(s) that {target.name}'s TFLM runtime lacks: {', '.join(missing)}")
     arena = micro.smallest_arena(int8_bytes, tflite.device_input(int8_bytes, splits.x_eval[:1]))
     layers = compare_layers(conv.source, int8_bytes, splits.x_calib)
-    device, tflm_out = verify.device_accuracy(int8_bytes, splits.x_eval, splits.y_eval, arena)
+    device, tflm_out = verify.device_accuracy(int8_bytes, splits.x_eval, splits.y_eval, arena, splits.task,
+                                              splits.anomaly_eval)
     if verify.collapsed(tflm_out):
         where = next((e for e in layers["layers"] if e["constant_over_samples"]), layers["blame"])
         raise ExportError("the int8 model gives the same output for every input"
@@ -95,7 +96,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
                              if where else "") + "; check the calibration data and the layer's value range")
     verify.check_agreement(device)
     float_acc = _last_float_accuracy(state)
-    moved = (device["accuracy"] - float_acc) * 100
+    moved = (device["score"] - float_acc) * 100
     fidelity = {"float_accuracy": float_acc, "moved_points": moved, "batchnorms_as_depthwise": conv.rewritten,
                 "concat_inputs_equalized": conv.equalized,
                 "moved_beyond_tolerance": abs(moved) > FIDELITY_TOLERANCE_POINTS, **layers}
@@ -104,10 +105,12 @@ def export_stage(state: RunState, cfg: CompressConfig):
     for name, text in firmware_files(int8_bytes, arena, io).items():
         state.write(name, text)
     state.int8 = {"bytes": int8_bytes, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena,
-                  "accuracy": device["accuracy"]}
+                  "accuracy": device["score"]}
     return state, StageRecord(
-        "int8", counted["params"], counted["macs"], device["accuracy"], time.perf_counter() - t,
+        "int8", counted["params"], counted["macs"], device["score"], time.perf_counter() - t,
         flash_bytes=len(int8_bytes), arena_bytes=arena, nonzero_params=counted.get("nonzero_params"),
+        quality={k: v for k, v in verify.task_metrics(int8_bytes, tflm_out, splits.y_eval, splits.task,
+                                                      splits.anomaly_eval).items() if k != "score"},
         details={
             "onnx_max_abs_diff": conv.onnx_diff,
             "io": io,
@@ -132,7 +135,7 @@ def share_stage(state: RunState, cfg: CompressConfig):
     from pathlib import Path
 
     from tinyprune.deepcompress.deploy import search
-    from tinyprune.export import tflite
+    from tinyprune.export import tflite, verify
     from tinyprune.export.lut import verify_bit_exact
     from tinyprune.measure.macs import count_tflite
 
@@ -145,11 +148,12 @@ def share_stage(state: RunState, cfg: CompressConfig):
 
     def evaluate(int8: bytes, lut: bytes):
         check, lut_out = verify_bit_exact(int8, lut, tflite.device_input(int8, splits.x_eval))
-        acc = float((lut_out.reshape(len(lut_out), -1).argmax(1) == y).mean())
-        return check, lut_out, acc, check["arena_after"]
+        found = verify.task_metrics(lut, lut_out, y, splits.task, splits.anomaly_eval)
+        return check, lut_out, found["score"], check["arena_after"]
 
     plan = search(state.finetuned, cfg.sharing, x_train=splits.x_train, y_train=splits.y_train,
                   x_eval=splits.x_eval, y_eval=splits.y_eval, accuracy_floor=accuracy_floor(state, cfg),
+                  task=splits.task, anomaly=splits.anomaly_eval,
                   base_flash=len(state.int8["bytes"]), ram_limit=target.ram_bytes - target.runtime_ram_bytes,
                   seed=cfg.seed, export=export, evaluate=evaluate, progress=state.progress)
     state.sharing = plan
@@ -180,7 +184,7 @@ def archive_stage(state: RunState, cfg: CompressConfig):
 
     s = state.splits
     state.deep = run_deepcompress(state.finetuned, s.x_train, s.y_train, s.x_eval, s.y_eval, cfg.deepcompress,
-                                  cfg.seed, state.progress)
+                                  cfg.seed, state.progress, task=s.task, anomaly=s.anomaly_eval)
     state.write("model.tpz", state.deep.archive)
     return state, state.deep.records
 

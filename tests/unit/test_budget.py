@@ -158,7 +158,7 @@ def test_pyproject_tool_section_and_model_filter(project, fake, monkeypatch, cap
     ('[[model]]\npath = "build/m.tflite"\nmax_flash = "lots"\n', "'max_flash' must be a size"),
     ('[[model]]\npath = "build/m.tflite"\nmax_ram = "1MB"\ncolour = "red"\n', "unknown key"),
     ('[[model]]\npath = "build/m.tflite"\nmin_accuracy = 0.9\n', "needs data"),
-    ('[[model]]\npath = "build/m.tflite"\nmin_accuracy = 90\ndata = "d.npz"\n', r"fraction in \[0, 1\]"),
+    ('[[model]]\npath = "build/m.tflite"\nmin_accuracy = 90\ndata = "d.npz"\n', r"fraction, at most 1"),
     ('[[model]]\npath = "build/m.tflite"\nmax_macs = 1\ntarget = "z80"\n', "unknown target 'z80'"),
     ('[[model]]\npath = "build/m.tflite"\nmax_macs = 1\nkernels = "fast"\n', "kernels"),
     ('[[model]]\nmax_macs = 1\n', "needs path"),

@@ -86,5 +86,5 @@ def test_the_trial_forward_pass_runs_in_eval_mode(digits):
     # a batch norm in training mode refuses the trial batch of one
     model = MODELS["autoencoder"]().train()
     layout, x, outputs = fit_layout(model, digits.x_train.reshape(len(digits.x_train), 64))
-    assert (layout, x.shape[1:], outputs) == ("flat", (64,), 64)
+    assert (layout, x.shape[1:], outputs) == ("flat", (64,), (64,))
     assert model.training  # the caller's mode comes back

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tinyprune.errors import UnsupportedModel
 from tinyprune.measure.macs import count_tflite, count_torch, onnx_layers, tflite_layers, torch_layers
-from tinyprune.testing import MODELS
+from tinyprune.testing import MODELS, SAMPLE_SHAPES
 
 
 def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -42,8 +42,8 @@ class Mixed(nn.Module):
 @pytest.mark.parametrize("name", [*MODELS, "mixed"])
 def test_torch_layers_match_flop_counter(name):
     model = Mixed() if name == "mixed" else MODELS[name]()
-    x = torch.rand(1, 4, 8, 8) if name == "mixed" else torch.rand(1, 1, 8, 8)
-    layers = torch_layers(model, x)
+    x = torch.rand(1, 4, 8, 8) if name == "mixed" else torch.rand(1, *SAMPLE_SHAPES[name])
+    layers = torch_layers(model.eval(), x)
     assert sum(l["macs"] for l in layers) == flop_counter_macs(model, x)
     assert all(l["flops"] == 2 * l["macs"] for l in layers)
     assert sum(l["params"] for l in layers) == sum(p.numel() for p in model.parameters())

@@ -162,3 +162,16 @@ def test_plane_command_writes_json_and_png(tmp_path, digits_npz, trained):
     assert (tmp_path / "out" / "plane.json").exists() and (tmp_path / "out" / "plane.png").exists()
     assert result["epochs"] == [0, 1]
     _check_bounds(json.loads((tmp_path / "out" / "plane.json").read_text()))
+
+
+def test_plane_and_analyze_print_their_tables(tmp_path, digits_npz, trained, capsys):
+    # the console summaries (not --json) of the two analysis commands
+    from tinyprune.cli import main
+
+    path = tmp_path / "mlp.pt"
+    torch.save(trained("mlp"), path)
+    assert main(["plane", str(path), "--data", str(digits_npz), "--out", str(tmp_path / "p"), "--epochs", "1",
+                 "--method", "binning", "--bins", "10"]) == 0
+    assert "plane.json and plane.png in" in capsys.readouterr().out
+    assert main(["analyze", str(path), "--data", str(digits_npz), "--out", str(tmp_path / "a")]) == 0
+    assert "mi.json and mi.png in" in capsys.readouterr().out

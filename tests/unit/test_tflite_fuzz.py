@@ -61,9 +61,9 @@ def test_mutated_flatbuffers_exit_0_or_2_thousands(tflite_model, tmp_path):
 
 
 def test_check_accuracy_data_with_labels_beyond_the_outputs_is_bad_input(tflite_model, tmp_path):
-    from tinyprune.budget import tflite_accuracy
+    from tinyprune.budget import tflite_quality
     from tinyprune.errors import DataError
 
     np.savez(tmp_path / "d.npz", x=np.zeros((5, 8, 8, 1), np.float32), y=np.array([0, 1, 2, 12, 3]))
     with pytest.raises(DataError, match="labels span 0..12 but the model has 10 outputs"):
-        tflite_accuracy(tflite_model, tmp_path / "d.npz")
+        tflite_quality(tflite_model, tmp_path / "d.npz")

@@ -127,13 +127,15 @@ class Plan:
 
 def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_eval, accuracy_floor: float,
            base_flash: int, ram_limit: int, seed: int, export: Callable, evaluate: Callable,
-           progress=None) -> Plan:
+           progress=None, task=None, anomaly=None) -> Plan:
     """Find the fewest LUT bits whose deployed model stays at or above ``accuracy_floor``.
 
     ``export(float_model) -> int8 bytes``; ``evaluate(int8_bytes, lut_bytes) -> (check, lut outputs,
-    accuracy, arena)`` runs the LUT model in TFLM (``check`` compares it with the int8 model)."""
+    score, arena)`` runs the LUT model in TFLM (``check`` compares it with the int8 model). Scores
+    are the task's (tinyprune.task; accuracy when ``task`` is None)."""
     from tinyprune.export.lut import lut_compress
-    from tinyprune.train import accuracy
+    from tinyprune.task import CLASSIFY
+    from tinyprune.train import score
 
     layers = [name for name, _, _ in candidates(model, cfg.min_bits)]
     if not layers:
@@ -143,7 +145,7 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
         if progress:
             progress(bits - cfg.min_bits, LUT_MAX_BITS + 1 - cfg.min_bits, f"weight sharing at {bits} bits")
         shared = share(model, layers, bits, x_train, y_train, cfg, seed)
-        trial = Trial(bits, accuracy(shared, x_eval, y_eval))
+        trial = Trial(bits, score(shared, x_eval, y_eval, task or CLASSIFY, anomaly))
         trials.append(trial)
         if trial.float_accuracy < accuracy_floor:
             trial.verdict = "float accuracy already below the budget"

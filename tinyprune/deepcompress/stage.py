@@ -39,7 +39,8 @@ from tinyprune.deepcompress.tables import compression_table
 from tinyprune.errors import ConfigError, DataError, ExportError
 from tinyprune.measure.macs import count_torch
 from tinyprune.report.records import StageRecord
-from tinyprune.train import Progress, _quiet, accuracy, fit
+from tinyprune.task import CLASSIFY
+from tinyprune.train import Progress, _quiet, fit, score
 
 STAGES = ("weight_pruned", "clustered", "huffman")
 
@@ -213,16 +214,18 @@ def _check_data(x_train, y_train, x_eval, y_eval) -> None:
 
 def run_deepcompress(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
                      y_eval: np.ndarray, cfg: DeepCompressConfig = DeepCompressConfig(), seed: int = 0,
-                     progress: Progress | None = None) -> DeepCompressResult:
+                     progress: Progress | None = None, task=None, anomaly=None) -> DeepCompressResult:
     """Prune, cluster and Huffman-code a copy of ``model`` (the input is not changed).
 
-    ``x_*`` are float32 arrays in the model's layout, ``y_*`` integer labels. The returned
-    model is the clustered one in eval mode; the archive decodes to it bit for bit (checked).
+    ``x_*`` are float32 arrays in the model's layout, ``y_*`` integer labels or float targets
+    (``task``, tinyprune.task; accuracies are then the task's score). The returned model is the
+    clustered one in eval mode; the archive decodes to it bit for bit (checked).
     """
     progress = progress or _quiet
     _check_data(x_train, y_train, x_eval, y_eval)
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
-    y_train = np.asarray(y_train, dtype=np.int64)
+    y_train = np.asarray(y_train)
+    y_train = y_train.astype(np.int64) if y_train.dtype.kind in "iu" else y_train.astype(np.float32)
     model = copy.deepcopy(model).float()
     if not weight_layers(model):
         raise ConfigError("the model has no Conv/Linear weights to deep-compress")
@@ -230,11 +233,12 @@ def run_deepcompress(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     # Own RNG scope: same seed, same result, and the caller's global torch RNG is left alone.
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return _run(model, x_train, y_train, x_eval, y_eval, cfg, seed, progress, macs)
+        return _run(model, x_train, y_train, x_eval, y_eval, cfg, seed, progress, macs,
+                    lambda m: score(m, x_eval, y_eval, task or CLASSIFY, anomaly))
 
 
 def _run(model, x_train, y_train, x_eval, y_eval, cfg: DeepCompressConfig, seed: int, progress: Progress,
-         macs: int) -> DeepCompressResult:
+         macs: int, held_out) -> DeepCompressResult:
     spec, gap_spec = parse_bits(cfg.bits, "bits"), parse_bits(cfg.gap_bits, "gap bits")
 
     t = time.perf_counter()
@@ -243,7 +247,7 @@ def _run(model, x_train, y_train, x_eval, y_eval, cfg: DeepCompressConfig, seed:
         fit(model, x_train, y_train, FinetuneConfig(cfg.prune_epochs, cfg.lr, cfg.batch_size), seed, progress,
             "prune fine-tune")
     apply_masks(model, masks)  # the last optimizer step came after the last forward pre-hook
-    pruned_acc, pruned_s = accuracy(model, x_eval, y_eval), time.perf_counter() - t
+    pruned_acc, pruned_s = held_out(model), time.perf_counter() - t
     params = _stored_params(model, masks)
 
     t = time.perf_counter()
@@ -252,7 +256,7 @@ def _run(model, x_train, y_train, x_eval, y_eval, cfg: DeepCompressConfig, seed:
     clusters = finetune_centroids(model, clusters, x_train, y_train, epochs=cfg.centroid_epochs,
                                   lr=cfg.centroid_lr, batch_size=cfg.batch_size, seed=seed)
     model.eval()
-    clustered_acc, clustered_s = accuracy(model, x_eval, y_eval), time.perf_counter() - t
+    clustered_acc, clustered_s = held_out(model), time.perf_counter() - t
 
     t = time.perf_counter()
     progress(1, 1, "Huffman coding")
@@ -260,7 +264,7 @@ def _run(model, x_train, y_train, x_eval, y_eval, cfg: DeepCompressConfig, seed:
     extras = model_tensors(model, clusters)
     archive = pack(encoded, extras)
     decoded = _check_round_trip(archive, model, clusters)
-    archive_acc = accuracy(_decoded_model(model, decoded), x_eval, y_eval)
+    archive_acc = held_out(_decoded_model(model, decoded))
     table = compression_table(encoded, total=True)
     huffman_s = time.perf_counter() - t
 

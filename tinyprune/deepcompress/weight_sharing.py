@@ -245,9 +245,11 @@ def finetune_centroids(model: nn.Module, clusters: Sequence[ClusteredLayer], x: 
     def current() -> list[ClusteredLayer]:
         return [dataclasses.replace(c, codebook=codebooks[c.name].clone()) for c in clusters]
 
-    xt, yt = torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(np.asarray(y)).long()
+    y = np.asarray(y)
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    yt = torch.as_tensor(y).long() if y.dtype.kind in "iu" else torch.as_tensor(y, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss() if y.dtype.kind in "iu" else nn.MSELoss()  # float y: regression/reconstruction
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(xt), generator=gen)

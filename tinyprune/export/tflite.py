@@ -20,8 +20,13 @@ from tinyprune.export.onnx import INPUT_NAME
 
 
 def to_device_layout(x: np.ndarray) -> np.ndarray:
-    """NCHW (PyTorch) -> NHWC (TFLite) for images; other ranks are unchanged."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+    """PyTorch's channels-first -> TFLite's channels-last, as onnx2tf converts every model input:
+    NCHW -> NHWC for images, NCL -> NLC for 1-D signals; [N, F] is unchanged."""
+    if x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if x.ndim == 3:
+        return np.ascontiguousarray(x.transpose(0, 2, 1))
+    return x
 
 
 def _no_network(*args, **kwargs):

@@ -3,8 +3,9 @@
 A microcontroller runs TFLM, so TFLM's predictions are the ones reported. LiteRT runs the same
 samples twice as a cross-check:
 * with its reference kernels, the ones TFLM is built from. The two must agree; when they predict
-  different classes on more than 1 % of the samples, one runtime computes something other than
-  the graph says and no accuracy can be trusted: an export error.
+  different classes (for regression and reconstruction: outputs more than 4 quantization steps
+  apart) on more than 1 % of the samples, one runtime computes something other than the graph
+  says and no accuracy can be trusted: an export error.
 * with its default optimized kernels (XNNPACK), what a host application runs. These round
   differently (a few LSB at the output), so their agreement with TFLM measures how fragile the
   int8 model is, not whether a runtime is wrong; it is reported, and the console warns below
@@ -17,32 +18,63 @@ import numpy as np
 
 from tinyprune.errors import ExportError
 from tinyprune.export import micro, tflite
+from tinyprune.task import CLASSIFY, Task, metrics
+
+LSB_TOLERANCE = 4  # regression/reconstruction outputs this many int8 steps apart still agree (an autoencoder
+# of 6 layers measured up to 3 between TFLM and LiteRT reference kernels: rounding, not a wrong graph)
 
 AGREEMENT_FLOOR = 0.99  # TFLM vs LiteRT reference kernels: below this the export fails
 OPTIMIZED_AGREEMENT_GOAL = 0.995  # TFLM vs LiteRT optimized kernels: below this the console warns
 
 
-def device_accuracy(model_bytes: bytes, x_nchw: np.ndarray, y: np.ndarray, arena: int) -> tuple[dict, np.ndarray]:
-    """(record, raw TFLM outputs) for the model on every sample of ``x_nchw``.
+def task_metrics(model_bytes: bytes, raw: np.ndarray, y: np.ndarray, task: Task = CLASSIFY,
+                 anomaly: np.ndarray | None = None) -> dict:
+    """The task's metrics (tinyprune.task) of a device model's raw outputs against ``y``."""
+    n = len(raw)
+    if task.kind == "classify":
+        acc = float((raw.reshape(n, -1).argmax(1) == y).mean())
+        return {"score": acc, "accuracy": acc}
+    out = tflite.io_details(model_bytes)["output"]
+    values = raw.astype(np.float64)
+    if out["dtype"] == "int8":
+        values = (values - out["zero_point"]) * out["scale"]
+    if values.ndim == 4:  # NHWC on the device, NCHW in PyTorch
+        values = values.transpose(0, 3, 1, 2)
+    elif values.ndim == 3 and tuple(values.shape[1:]) != tuple(y.shape[1:]):  # NLC -> NCL
+        values = values.transpose(0, 2, 1)
+    return metrics(task, values.reshape(y.shape), y, anomaly)
+
+
+def _agree(a: np.ndarray, b: np.ndarray, task: Task) -> np.ndarray:
+    n = len(a)
+    if task.kind == "classify":
+        return a.reshape(n, -1).argmax(1) == b.reshape(n, -1).argmax(1)
+    return np.abs(a.reshape(n, -1).astype(np.int64) - b.reshape(n, -1).astype(np.int64)).max(1) <= LSB_TOLERANCE
+
+
+def device_accuracy(model_bytes: bytes, x_nchw: np.ndarray, y: np.ndarray, arena: int, task: Task = CLASSIFY,
+                    anomaly: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """(record, raw TFLM outputs) for the model on every sample of ``x_nchw``. ``score`` is the
+    task's score (accuracy for classifiers), with the task's metrics beside it.
 
     LiteRT cannot load models with TFLM-only ops (DECODE); their record says so instead of
     carrying a cross-check."""
     x_device = tflite.device_input(model_bytes, x_nchw)
     n = len(x_device)
-    tflm_out = micro.tflm_outputs(model_bytes, x_device, arena).reshape(n, -1)
-    tflm_pred = tflm_out.argmax(1)
-    record = {"runtime": "tflm", "samples": int(n), "accuracy": float((tflm_pred == y).mean())}
+    tflm_out = micro.tflm_outputs(model_bytes, x_device, arena)
+    record = {"runtime": "tflm", "samples": int(n), **task_metrics(model_bytes, tflm_out, y, task, anomaly)}
     try:
-        reference = tflite.litert_outputs(model_bytes, x_device, reference=True).reshape(n, -1)
-        optimized = tflite.litert_outputs(model_bytes, x_device).reshape(n, -1)
+        reference = tflite.litert_outputs(model_bytes, x_device, reference=True)
+        optimized = tflite.litert_outputs(model_bytes, x_device)
     except (ValueError, RuntimeError) as exc:
         record["litert"] = f"not cross-checked: LiteRT cannot load the model ({str(exc).splitlines()[0][:120]})"
         return record, tflm_out
+    flat = tflm_out.reshape(n, -1)
     record.update({
-        "agreement_with_litert": float((tflm_pred == reference.argmax(1)).mean()),
-        "outputs_identical_to_litert": float((tflm_out == reference).all(1).mean()),
-        "litert_optimized_accuracy": float((optimized.argmax(1) == y).mean()),
-        "agreement_with_litert_optimized": float((tflm_pred == optimized.argmax(1)).mean()),
+        "agreement_with_litert": float(_agree(tflm_out, reference, task).mean()),
+        "outputs_identical_to_litert": float((flat == reference.reshape(n, -1)).all(1).mean()),
+        "litert_optimized_score": task_metrics(model_bytes, optimized, y, task, anomaly)["score"],
+        "agreement_with_litert_optimized": float(_agree(tflm_out, optimized, task).mean()),
     })
     return record, tflm_out
 

@@ -63,6 +63,9 @@ class Criterion:
     description: ClassVar[str]
     Config: ClassVar[type] = NoOptions
     global_ranking: ClassVar[bool] = False  # one ranking across layers, or the same ratio per layer
+    # task kinds it serves (tinyprune.task); criteria that measure information about class labels
+    # serve classify only
+    tasks: ClassVar[tuple[str, ...]] = ("classify", "regress", "reconstruct")
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -99,6 +102,14 @@ def get(name: str) -> type[Criterion]:
     if name not in CRITERIA:
         raise ConfigError(f"unknown criterion '{name}'; known criteria: {', '.join(sorted(CRITERIA))}")
     return CRITERIA[name]
+
+
+def check_task(criterion: str, kind: str) -> None:
+    """A criterion that cannot serve the task kind is a config error naming the ones that can."""
+    if kind not in get(criterion).tasks:
+        able = sorted(n for n, c in CRITERIA.items() if kind in c.tasks and not n.startswith("_"))
+        raise ConfigError(f"--criterion {criterion} needs class labels (it measures information about them); "
+                          f"for --task {kind} use one of {', '.join(able)}")
 
 
 def flag(criterion: str, option: str) -> str:

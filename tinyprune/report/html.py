@@ -21,6 +21,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from tinyprune.report.render import score_label
+
 ENERGY_NOTE = (
     "Two energy figures per inference. <b>45 nm floor</b>: the arithmetic (MACs and element-wise work "
     "at the layer's precision) plus reading every weight once and every activation once from an SRAM "
@@ -263,7 +265,8 @@ def render_html(report: dict) -> str:
     if dep:
         sharing = (dep.get("weight_sharing") or {}).get("reason", "")
         parts.append(f"<p><b>Deployed:</b> <code>{_e(dep['artifact'])}</code>, {_size(dep['flash_bytes'])} flash, "
-                     f"{_size(dep['arena_bytes'])} arena, {100 * dep['accuracy']:.2f} % in TFLM "
+                     f"{_size(dep['arena_bytes'])} arena, {_e(score_label(report['data']))} "
+                     f"{100 * dep['accuracy']:.2f} % in TFLM "
                      f"({-dep['accuracy_drop_points']:+.2f} points against the original; loss budget "
                      f"{dep['max_accuracy_drop_points']:g}: {'held' if dep['within_accuracy_budget'] else 'EXCEEDED'})."
                      + (f" Weight sharing: {_e(sharing)}." if sharing else "") + "</p>")
@@ -287,7 +290,8 @@ def render_html(report: dict) -> str:
         acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f} %"
         rows.append([_e(s["name"]), _num(s["params"]), _num(s.get("nonzero")), _num(s["macs"]), acc, _size(s["flash"]),
                      _size(s["arena"])])
-    parts.append(_table(["stage", "stored params", "nonzero", "MACs", "accuracy", "flash", "TFLM arena"], rows))
+    parts.append(_table(["stage", "stored params", "nonzero", "MACs", score_label(report.get("data") or {}), "flash",
+                         "TFLM arena"], rows))
     fits = report.get("fits_target")
     if fits:
         parts.append("<p>Fits " + _e(tname) + ": flash " + ("<span class='ok'>yes</span>" if fits.get("flash") else "<span class='bad'>NO</span>")

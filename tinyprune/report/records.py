@@ -19,6 +19,9 @@ class StageRecord:
     arena_bytes: int | None = None  # int8 stage: smallest TFLM arena that runs the model
     details: dict[str, Any] = field(default_factory=dict)
     nonzero_params: int | None = None  # stored parameters that are not zero; None where not countable
+    # the task's metrics (tinyprune.task): accuracy, or r2/mse/mae, or auc/mse; ``accuracy`` above
+    # holds the task's score (accuracy, R², ROC AUC or explained variance)
+    quality: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,6 +32,30 @@ def summary_rows(report: Report) -> list[list[str]]:
 
 HEADER = ["stage", "stored params", "nonzero", "MACs", "accuracy", "flash", "TFLM arena", "seconds"]
 
+_LABELS = {"accuracy": "accuracy", "r2": "R²", "auc": "ROC AUC", "explained_variance": "explained variance"}
+
+
+def score_label(data: dict) -> str:
+    """What the stages' score is for this run's task (tinyprune.task): accuracy, R², ROC AUC..."""
+    task = data.get("task")
+    return _LABELS.get(task.get("metric"), "accuracy") if isinstance(task, dict) else "accuracy"
+
+
+def header(report: Report) -> list[str]:
+    return [score_label(report.data) if h == "accuracy" else h for h in HEADER]
+
+
+def _quality_line(report: Report) -> list[str]:
+    """For regression and reconstruction: the task's error metrics, float -> device."""
+    task = report.data.get("task")
+    if not isinstance(task, dict) or task.get("kind") == "classify":
+        return []
+    first, dep = report.stages[0].quality or {}, report.deployed or {}
+    last = (report.stage(dep["stage"]).quality if dep else None) or {}
+    parts = [f"{k.replace('_', ' ')} {first[k]:.4g} -> {last[k]:.4g}" for k in ("mse", "mae", "mse_anomalous")
+             if k in first and k in last]
+    return [f"Task {task['kind']}: " + ", ".join(parts) + " (original float -> device)."] if parts else []
+
 
 def headline(report: Report) -> list[str]:
     """What a firmware engineer needs first: the file to flash, the arena to reserve, what it uses
@@ -51,6 +75,8 @@ def headline(report: Report) -> list[str]:
     fits = flash_used <= t["flash_bytes"] and ram_used <= t["ram_bytes"]
     prefix = "model_lut" if dep["stage"] == "int8_lut" else "model"
     float_acc = report.stage("original").accuracy
+    metric = score_label(report.data)
+    label = metric[0].upper() + metric[1:]
     return [
         f"Flash `{dep['artifact']}` (C array: `{prefix}_data.cc/.h`, ops: `{prefix}_ops.h`); reserve a "
         f"{arena_size(dep['arena_bytes']):,} B tensor arena (`kTensorArenaSize`: {dep['arena_bytes']:,} B measured "
@@ -58,12 +84,13 @@ def headline(report: Report) -> list[str]:
         f"On {t['name']}: flash {_kib(flash_used)} of {_kib(t['flash_bytes'])} ({_kib(t['flash_bytes'] - flash_used)} "
         f"free), RAM {_kib(ram_used)} of {_kib(t['ram_bytes'])} ({_kib(t['ram_bytes'] - ram_used)} free), runtime "
         f"code and RAM included ({_kib(runtime_flash)} / {_kib(runtime_ram)}).",
-        f"Accuracy {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM, "
+        f"{label} {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM, "
         f"{report.data['eval']} held-out samples). Predicted on {t['name']} at {t['clock_hz'] / 1e6:g} MHz with "
         f"TFLM's optimized kernels: {pred['ms']:.2f} ms, {uj:.1f} uJ per inference."
         if pred.get("ms") is not None and uj is not None else
-        f"Accuracy {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM).",
-        f"Verdict: {'fits' if fits else 'DOES NOT FIT'} {t['name']}; accuracy "
+        f"{label} {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM).",
+        *_quality_line(report),
+        f"Verdict: {'fits' if fits else 'DOES NOT FIT'} {t['name']}; {metric} "
         f"{'within' if dep['within_accuracy_budget'] else 'OVER'} the {dep['max_accuracy_drop_points']:g}-point budget.",
     ]
 
@@ -84,7 +111,7 @@ def to_markdown(report: Report) -> str:
         "",
         "## Stages",
         "",
-        "| " + " | ".join(HEADER) + " |",
+        "| " + " | ".join(header(r)) + " |",
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(r)]
@@ -110,7 +137,7 @@ def to_markdown(report: Report) -> str:
             f"LiteRT cross-check on the same {tflm['samples']} samples: its reference kernels (TFLM's) predict "
             f"the same class as TFLM on {_pct(tflm['agreement_with_litert'])} of them (identical outputs on "
             f"{_pct(tflm['outputs_identical_to_litert'])}); its optimized kernels, which round differently, on "
-            f"{_pct(tflm['agreement_with_litert_optimized'])} (accuracy {_pct(tflm['litert_optimized_accuracy'])}).",
+            f"{_pct(tflm['agreement_with_litert_optimized'])} (accuracy {_pct(tflm['litert_optimized_score'])}).",
         ]
     fid = int8.details.get("fidelity")
     if fid:

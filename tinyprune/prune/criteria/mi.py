@@ -22,6 +22,7 @@ class Mi(Criterion):
     name = "mi"
     description = "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking"
     Config = MiConfig
+    tasks = ("classify",)
     global_ranking = True
 
     def importance(self, model, ctx, step):

@@ -19,6 +19,7 @@ class Mipp(Criterion):
     description = ("MIPP (Westphal, Hailes & Musolesi): keep the nodes that preserve I(layer; next layer), TERC from "
                    "the output back; mi channels after it if MACs remain")
     global_ranking = True
+    tasks = ("classify",)
 
     def prepare(self, model, ctx):
         if ctx.sparsity == 0:

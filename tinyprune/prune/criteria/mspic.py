@@ -21,6 +21,7 @@ class Mspic(Criterion):
     name = "mspic"
     description = "MSPIC: remove residual/concat units by MI clustering, then mi channels to the target"
     Config = MspicConfig
+    tasks = ("classify",)
     global_ranking = True
 
     def prepare(self, model, ctx):

@@ -27,6 +27,7 @@ class Vib(Criterion):
     description = ("VIBNet (Dai et al. 2018): train information-bottleneck gates (--vib-gamma, --vib-epochs), "
                    "remove units with log alpha < --vib-threshold, fold the gates; then lowest log alpha")
     Config = VibOptions
+    tasks = ("classify",)
     global_ranking = True
 
     def prepare(self, model, ctx):
