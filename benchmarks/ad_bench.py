@@ -30,6 +30,7 @@ import torch.nn as nn
 from benchmarks.common import REPO, load_dataset, markdown_table
 from tinyprune.api import ModelSource, compress
 from tinyprune.config import CompressConfig, FinetuneConfig, PruneConfig
+from tinyprune.deepcompress.deploy import SharingConfig
 from tinyprune.train import fit
 
 OUT = REPO / "benchmarks" / "out" / "ad"
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=10)
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--no-regression", action="store_true")
+    ap.add_argument("--no-sharing", action="store_true", help="int8 only: no weight sharing (the CLI's --no-deepcompress)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,8 @@ def main() -> None:
     def cfg(criterion: str, sparsity: float) -> CompressConfig:
         # the accuracy budget is off: every level is measured as asked (points of AUC are reported)
         return CompressConfig(prune=PruneConfig(criterion=criterion, sparsity=sparsity),
-                              finetune=FinetuneConfig(epochs=args.finetune_epochs), max_accuracy_drop=100.0)
+                              finetune=FinetuneConfig(epochs=args.finetune_epochs), max_accuracy_drop=100.0,
+                              sharing=None if args.no_sharing else SharingConfig())
 
     rows = [run("ad_unpruned", ae_path, ad_data, cfg("l1", 0.0))]
     for level in [float(v) for v in args.levels.split(",")]:

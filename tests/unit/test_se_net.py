@@ -1,9 +1,9 @@
 """Every criterion on a squeeze-excitation net with a grouped conv and hardswish (issue 14).
 
-l1, random, taylor, mi, mspic, flow and vib prune it (the landing step removes one channel per
-channel group of a grouped conv; VIB's own step leaves grouped convs to the MAC loop). mipp still
-fails after its own step (its kept-channel bookkeeping and the SE multiply's coupled channels
-disagree): a strict xfail, so the mark must go once it is fixed.
+Every criterion prunes it: the landing step removes one channel per channel group of a grouped
+conv, VIB's own step leaves grouped convs to the MAC loop, and MIPP records the channel ids the
+model really holds after its own step (coupled layers included, refused groups left out).
+BROKEN lists criteria that still fail here, as strict xfails, so a fix removes the mark.
 """
 
 import pytest
@@ -15,7 +15,7 @@ from tinyprune.prune import prune_to_macs
 from tinyprune.testing.models import MODELS
 from tinyprune.train import fit
 
-BROKEN = {"mipp"}
+BROKEN: set[str] = set()
 
 
 @pytest.fixture(scope="module")

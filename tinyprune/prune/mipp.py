@@ -87,7 +87,7 @@ import torch
 import torch.nn as nn
 
 from tinyprune.errors import ConfigError
-from tinyprune.prune.groups import PRUNABLE, channel_groups, forward_with_hooks, reinitialize
+from tinyprune.prune.groups import PRUNABLE, channel_groups, follow_removal, forward_with_hooks, reinitialize, width
 from tinyprune.prune.terc import MARGIN_K, MARGIN_SUBSETS, SUBSET_FRACTION, terc_layer
 
 DEFAULT_SAMPLES = 300  # analysis samples (N x N Gram matrices)
@@ -474,9 +474,13 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
 
     Each layer's removal is one dependency group (coupled layers follow); a group that would
     leave no channel is refused by torch-pruning's check and reported in ``masks["refused"]``.
+    ``masks["kept"]`` becomes what the model now holds: per conv/linear whose outputs changed, the
+    original ids of its remaining channels (coupled layers included, refused groups left out).
     """
     dg, layers, _ = analyse(model, example)
     modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    kept = {n: list(range(width(m))) for n, m in modules.items() if isinstance(m, PRUNABLE)}
     refused = []
     for layer in layers:
         entry = masks["layers"].get(layer.root)
@@ -492,8 +496,10 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
         if len(drop) >= layer.width or not dg.check_pruning_group(group) or channel_groups(group) > 1:
             refused.append(layer.root)
             continue
+        follow_removal(kept, group, names)
         group.prune()
     masks["refused"] = refused
+    masks["kept"] = {n: ids for n, ids in kept.items() if ids != list(range(len(ids)))}
     return model
 
 
