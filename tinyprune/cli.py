@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("targets", help="list the known microcontroller targets")
     sub.add_parser("criteria", help="list the pruning criteria")
+    sub.add_parser("runtimes", help="list the inference engines latency is predicted for (fitted to MLPerf Tiny)")
     return parser
 
 
@@ -455,6 +456,19 @@ def _run(args) -> int:
             t = targets.load(name)
             print(f"{t.name:15} {t.flash_bytes // 1024:>6} KiB flash {t.ram_bytes // 1024:>6} KiB RAM "
                   f"{t.clock_hz / 1e6:>6g} MHz  {t.reference_board}")
+        return 0
+
+    if args.command == "runtimes":
+        from tinyprune.measure import runtimes  # light: TOML only
+
+        cores = runtimes.table()["cores"]
+        print("calibrated cores (cycles relative to Cortex-M4): "
+              + ", ".join(f"{c} {f[0]:.2f}" for c, f in sorted(cores.items())))
+        for name in runtimes.names():
+            spec = runtimes.table()["runtime"][name]
+            check = "extrapolated (published on one core)" if spec["extrapolated"] else \
+                f"+-{100 * spec['band']:.0f} % on boards left out of the fit"
+            print(f"{name:34} fitted on {', '.join(spec['cores'])}; {check}")
         return 0
 
     # Heavy imports only for the commands that need them: `--help` and `targets` stay instant.

@@ -50,7 +50,13 @@ def add_parsers(subparsers) -> None:
                     "(counted on the float graph; --int8 converts through tinyprune's export first).",
     )
     m.add_argument("model", type=Path, help="the model file")
-    m.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
+    m.add_argument("--target", default="cortex-m4",
+                   help="microcontroller target (see `tinyprune targets`), or your board's TOML file "
+                        "(base = \"cortex-m4\" and the keys that differ, see targets/SCHEMA.md)")
+    m.add_argument("--runtime", default=None,
+                   help="inference engine the latency is predicted for (default tflm-cmsis-nn 2.3.1; "
+                        "`tinyprune runtimes` lists the models fitted to MLPerf Tiny results)")
+    m.add_argument("--clock-mhz", type=float, default=None, help="the board's clock, overriding the target's")
     m.add_argument("--input-shape", type=_shape, help="one sample's shape for PyTorch/ONNX models, e.g. 1,28,28")
     m.add_argument("--arch", help="package.module:factory, for a state_dict file")
     m.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
@@ -110,18 +116,39 @@ def writable_file(path: Path | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
+def _target_of(args):
+    """The target (a name or the user's file), at --clock-mhz, and the --runtime checked for its
+    core: every error here comes before a model is loaded."""
+    import dataclasses
+
+    from tinyprune import targets
+    from tinyprune.measure import runtimes
+
+    target = targets.load(args.target)
+    if args.clock_mhz is not None:
+        if not args.clock_mhz > 0:
+            raise ConfigError(f"--clock-mhz must be > 0, got {args.clock_mhz:g}")
+        target = dataclasses.replace(target, clock_hz=int(round(args.clock_mhz * 1e6)))
+    if args.runtime is not None:
+        runtimes.check(args.runtime, runtimes.core_of(target))
+    return target
+
+
 def _measure(args) -> int:
-    from tinyprune.measure.core import measure_file
+    from tinyprune.measure.core import measure_file, runtime_prediction
 
     writable_file(args.html, "--html")
+    target = _target_of(args)
     if args.data is not None and not args.int8:
         raise ConfigError("--data calibrates --int8 conversion; pass --int8 too")
     calib = None
     if args.data is not None:
         calib = _calibration(args.data, args.input_shape)
-    result = measure_file(args.model, args.target, input_shape=args.input_shape, arch=args.arch,
+    result = measure_file(args.model, target, input_shape=args.input_shape, arch=args.arch,
                           trust_code=args.trust_code, timing=not args.no_timing, find_arena=not args.no_arena,
                           repeats=args.repeats, int8=args.int8, calib=calib)
+    if args.runtime is not None:
+        result["latency"]["predicted_runtime"] = runtime_prediction(result["layers"], target, args.runtime)
     if args.html is not None:
         from tinyprune.report.html import write_html
 
@@ -206,7 +233,15 @@ def print_measurement(r: dict) -> None:
                      "(float kernels; convert to int8 with --int8 for the CMSIS-NN-class estimate)")
     else:
         lines.append(f"latency predicted on {tgt['name']} at {tgt['clock_hz'] / 1e6:g} MHz: {p['optimized']['ms']:.3f} ms "
-                     f"({tgt['kernels']}-class kernels), {p['reference']['ms']:.3f} ms (TFLM reference kernels)")
+                     "(per-kind rates fitted to X-CUBE-AI 7.3), "
+                     f"{p['reference']['ms']:.3f} ms (rates fitted to the MLPerf Tiny v0.5 TFLM build)")
+    rt = r["latency"].get("predicted_runtime")
+    if rt and r["precision"] == "int8":
+        lines.append(f"latency predicted for {rt['runtime']} on {rt['core']} at {rt['clock_hz'] / 1e6:g} MHz: "
+                     f"{rt['ms']:.3f} ms ({rt['ms_low']:.3f}-{rt['ms_high']:.3f}, +-{100 * rt['band']:.0f} %"
+                     + (", extrapolated: not validated on a board it was not fitted to" if rt["extrapolated"] else
+                        ", the band is the median error on boards left out of the fit")
+                     + "; fitted to MLPerf Tiny results)")
     for name, d in r["latency"]["measured"].items():
         lines.append(f"latency measured on this host, {name}: {_ms(d)}")
     if r.get("unsupported_ops"):

@@ -49,6 +49,17 @@ def unsupported_tflite_ops(model_bytes: bytes, target) -> list[str]:
     return unsupported_ops([op.op for op in g.ops] + g.other_subgraph_ops, _target(target))
 
 
+def runtime_prediction(layers: list[dict], target, runtime: str | None = None) -> dict | None:
+    """Latency of ``runtime`` (default: TFLM with CMSIS-NN) on the target's core, from the cost
+    models fitted to MLPerf Tiny results (tinyprune.measure.runtimes); None where the core has none."""
+    from tinyprune.measure import runtimes
+
+    core = runtimes.core_of(target)
+    if runtime is None and core not in runtimes.table().get("cores", {}):
+        return None
+    return runtimes.predict(layers, runtime or runtimes.DEFAULT_RUNTIME, core, target.clock_hz)
+
+
 def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_source: str,
               peak_bytes: int, arena_bytes: int | None, arena_note: str | None, timing: dict,
               unsupported: list[str] | None, extra: dict) -> dict:
@@ -94,6 +105,7 @@ def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_s
         "energy": {k: v for k, v in energy.items() if k != "per_layer_pj"},
         "latency": {
             "predicted": {k: {"ms": v["ms"], "cycles": v["cycles"], "clock_hz": v["clock_hz"]} for k, v in pred.items()},
+            "predicted_runtime": runtime_prediction(layers, target),
             "measured": timing,
         },
         **extra,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
+from pathlib import Path
 
 from tinyprune.errors import ConfigError
 
@@ -38,11 +39,16 @@ class Target:
     tflm_ops: tuple = ()
     tflm_custom_ops: tuple = ()
     calibration: str = ""
+    # the known target this one is based on (a user's board file: base = "cortex-m4"), whose core
+    # the runtime cost models are looked up by (tinyprune.measure.runtimes)
+    base: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tflm_ops"] = list(self.tflm_ops)
         d["tflm_custom_ops"] = list(self.tflm_custom_ops)
+        if not self.base:
+            del d["base"]  # a target file of its own (what the schema describes)
         return d
 
     def supports(self, op: str) -> bool:
@@ -76,7 +82,8 @@ _FIELDS = {
 
 def _files() -> dict[str, resources.abc.Traversable]:
     folder = resources.files(__name__)
-    return {f.name[: -len(".toml")]: f for f in folder.iterdir() if f.name.endswith(".toml")}
+    # runtimes.toml beside them holds the runtimes' cost models (tinyprune.measure.runtimes)
+    return {f.name[: -len(".toml")]: f for f in folder.iterdir() if f.name.endswith(".toml") and f.name != "runtimes.toml"}
 
 
 def names() -> list[str]:
@@ -122,7 +129,7 @@ def _check(where: str, key: str, kind, value):
     return value
 
 
-def _validate(stem: str, raw: dict) -> Target:
+def _validate(stem: str, raw: dict, own_file: bool = False) -> Target:
     where = f"target file {stem}.toml"
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
@@ -132,12 +139,33 @@ def _validate(stem: str, raw: dict) -> Target:
         if key not in raw:
             raise ConfigError(f"{where}: missing key '{key}'; see targets/SCHEMA.md")
         values[key] = _check(where, key, kind, raw[key])
-    if raw["name"] != stem:
+    if raw["name"] != stem and not own_file:
         raise ConfigError(f"{where}: name '{raw['name']}' does not match the file name")
     return Target(**values)
 
 
+def _load_file(path: Path) -> Target:
+    """A user's own board: a TOML file with every key of SCHEMA.md, or ``base = "<known target>"``
+    and the keys that differ from it (clock_hz, flash_bytes, ram_bytes...)."""
+    if not path.is_file():
+        raise ConfigError(f"target file {path} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"target file {path.name} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    base = raw.pop("base", None)
+    if base is not None:
+        files = _files()
+        if not isinstance(base, str) or base not in files:
+            raise ConfigError(f"target file {path.name}: base must be one of {', '.join(sorted(files))}, got {base!r}")
+        raw = {**tomllib.loads(files[base].read_text()), "name": path.stem, **raw}
+    raw.setdefault("name", path.stem)
+    return replace(_validate(path.stem, raw, own_file=True), base=base or "")
+
+
 def load(name: str) -> Target:
+    if name.endswith(".toml") or "/" in name:
+        return _load_file(Path(name))
     files = _files()
     if name not in files:
         raise ConfigError(f"unknown target '{name}'; known targets: {', '.join(sorted(files))}")
