@@ -69,7 +69,9 @@ def load_rows(path: Path = CSV) -> list[dict]:
         cycles = float(row["latency_ms"]) * 1e-3 * float(row["mhz"]) * 1e6
         if key not in best or cycles < best[key]["cycles"]:
             best[key] = {"board": row["board"], "core": row["core"], "mhz": float(row["mhz"]), "runtime": key[1],
-                         "benchmark": row["benchmark"], "cycles": cycles, "source": row["source_path"].split(";")[0]}
+                         "benchmark": row["benchmark"], "cycles": cycles, "source": row["source_path"].split(";")[0],
+                         "energy_uj": float(row["energy_uj"]) if row["energy_uj"] else None,
+                         "submitter": row["submitter"]}
     return list(best.values())
 
 
@@ -154,6 +156,35 @@ def leave_one_board_out(rows: list[dict], feats: dict, per_kind: bool = False) -
     return out
 
 
+def energy_per_cycle(rows: list[dict]) -> dict[str, dict]:
+    """Per core: the median whole-board energy per cycle (pJ) of its MLPerf Tiny board, over the
+    results with published energy, and its spread."""
+    out = {}
+    for core in sorted({r["core"] for r in rows}):
+        pj = [r["energy_uj"] * 1e6 / r["cycles"] for r in rows if r["core"] == core and r["energy_uj"]]
+        if pj:
+            board = next(r["board"] for r in rows if r["core"] == core)
+            out[core] = {"pj_per_cycle": float(np.median(pj)), "low": float(np.min(pj)), "high": float(np.max(pj)),
+                         "results": len(pj), "board": board}
+    return out
+
+
+def energy_check(rows: list[dict], feats: dict) -> list[dict]:
+    """Energy predicted as (leave-one-board-out cycles) x (the board's pJ/cycle from the other
+    engines' results) against the published energy."""
+    out = []
+    for e in leave_one_board_out(rows, feats):
+        if e["predicted"] is None or not e["energy_uj"]:
+            continue
+        others = [r for r in rows if r["board"] == e["board"] and r["runtime"] != e["runtime"] and r["energy_uj"]]
+        if not others:
+            continue
+        pj = float(np.median([r["energy_uj"] * 1e6 / r["cycles"] for r in others]))
+        predicted = e["predicted"] * pj * 1e-6
+        out.append({**e, "energy_predicted": predicted, "energy_error": predicted / e["energy_uj"] - 1})
+    return out
+
+
 def write_toml(model: dict, loo: list[dict], rows: list[dict], path: Path = OUT) -> None:
     errors = defaultdict(list)
     for e in loo:
@@ -166,6 +197,11 @@ def write_toml(model: dict, loo: list[dict], rows: list[dict], path: Path = OUT)
     for core, s in sorted(model["scale"].items()):
         if core in model["identifiable"]:
             lines.append(f'"{core}" = [' + ", ".join(f"{v:.4f}" for v in s) + "]")
+    lines.append("")
+    lines.append("[energy]  # median whole-board pJ per cycle of the core's MLPerf Tiny board (published energy / cycles)")
+    for core, e in energy_per_cycle(rows).items():
+        lines.append(f'"{core}" = {{ pj_per_cycle = {e["pj_per_cycle"]:.1f}, low = {e["low"]:.1f}, high = {e["high"]:.1f}, '
+                     f'results = {e["results"]}, board = "{e["board"]}" }}')
     lines.append("")
     for rt in sorted(model["coef"]):
         cores = sorted({r["core"] for r in rows if r["runtime"] == rt})
@@ -229,6 +265,17 @@ def main(argv=None) -> int:
         med, worst = float(np.median(errs)), float(np.max(errs))
         ok = "met" if med <= 0.10 and worst <= 0.25 else "missed"
         print(f"| {rt} | {boards} | {len(errs)} of {len(es)} | {100 * med:.1f} % | {100 * worst:.1f} % | {ok} |")
+    print("\nEnergy per cycle of each core's MLPerf Tiny board (published energy / published cycles):\n")
+    print("| core | board | results | median pJ/cycle | range |")
+    print("|---|---|---|---|---|")
+    for core, e in energy_per_cycle(rows).items():
+        print(f"| {core} | {e['board']} | {e['results']} | {e['pj_per_cycle']:.0f} | {e['low']:.0f}-{e['high']:.0f} |")
+    checked = energy_check(rows, feats)
+    if checked:
+        errs = [abs(e["energy_error"]) for e in checked]
+        print(f"\nEnergy predicted for a board left out (its cycles left out of the fit, the board's pJ/cycle from "
+              f"the other engines' results): {len(errs)} results, median |error| {100 * np.median(errs):.1f} %, "
+              f"worst {100 * np.max(errs):.1f} %")
     if args.write:
         write_toml(model, loo, rows)
         print(f"\nwrote {OUT.relative_to(REPO)}", file=sys.stderr)

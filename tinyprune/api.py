@@ -138,7 +138,7 @@ def compress(source: ModelSource, cfg: CompressConfig, *, data_path: Path | None
 
     ``fit``: a ``tinyprune.fit.FitBudgets``; the MAC reduction is then searched for the most
     accurate deployed model within those budgets (``cfg.prune.sparsity`` is not used)."""
-    target = targets.load(cfg.target)  # fail on a bad target before any slow work
+    target = targets.configure(targets.load(cfg.target), cfg.runtime, cfg.clock_mhz)  # fail on a bad target before any slow work
     if fit is not None:
         fit.limits(target)  # a target with no room for a model fails before any slow work
     out = Path(out_dir) if out_dir else default_out_dir(source.path)
@@ -465,7 +465,7 @@ def demo(cfg: CompressConfig, out_dir: Path | None = None, progress: Progress = 
     import torch
 
     out = Path(out_dir) if out_dir else Path("tinyprune-out") / "demo"
-    target = targets.load(cfg.target)  # a bad target fails before the training
+    target = targets.configure(targets.load(cfg.target), cfg.runtime, cfg.clock_mhz)  # a bad target fails before the training
     if fit is not None:
         fit.limits(target)
     model = train_demo_model(cfg.seed, progress=progress)

@@ -38,7 +38,8 @@ import numpy as np
 from tinyprune.errors import ConfigError, DataError
 
 KEYS = {"path", "name", "target", "max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj",
-        "min_accuracy", "min_quality", "max_mse", "min_auc", "data", "include_runtime", "kernels", "input_shape"}
+        "min_accuracy", "min_quality", "max_mse", "min_auc", "data", "include_runtime", "kernels", "input_shape",
+        "runtime", "clock_mhz"}
 # budgets measured by running the model in TFLM on `data`, and the task metric each one reads
 QUALITY = {"min_accuracy": "accuracy", "min_quality": "score", "max_mse": "mse", "min_auc": "auc"}
 BUDGETS = ("max_flash", "max_ram", "max_macs", "max_latency_ms", "max_energy_uj", *QUALITY)
@@ -85,6 +86,7 @@ class ModelBudget:
     input_shape: tuple[int, ...] | None
     name: str
     line: int | None = None  # line of the table in the budget file (for CI annotations)
+    device: object = None  # the Target, at clock_mhz, predicting latency for runtime when given
 
 
 @dataclass
@@ -180,7 +182,13 @@ def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
         target = t.get("target", "cortex-m4")
         if not isinstance(target, str):
             raise ConfigError(f"{where}: 'target' must be a string")
-        targets.load(target)  # unknown target: ConfigError listing the known ones
+        runtime, clock = t.get("runtime"), t.get("clock_mhz")
+        if runtime is not None and not isinstance(runtime, str):
+            raise ConfigError(f"{where}: 'runtime' must be a string (see `tinyprune runtimes`)")
+        # unknown target or runtime, or a runtime without a model for the core: one line naming the known ones
+        device = targets.configure(targets.load(target), runtime, clock)
+        if runtime is None and clock is None:
+            device = None  # the named target as it is
         limits = {}
         for key in ("max_flash", "max_ram"):
             if key in t:
@@ -222,7 +230,7 @@ def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
         if m:
             line = text.count("\n", 0, m.start()) + 1
         out.append(ModelBudget((config.parent / t["path"]).resolve(), target, limits, data, include_runtime, kernels,
-                               tuple(shape) if shape else None, t.get("name") or t["path"], line))
+                               tuple(shape) if shape else None, t.get("name") or t["path"], line, device))
     return out
 
 
@@ -294,7 +302,7 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
     for b in budgets:
         if progress:
             progress(f"measuring {b.name}")
-        m = measure_file(b.path, b.target, input_shape=b.input_shape, timing=False,
+        m = measure_file(b.path, b.device or b.target, input_shape=b.input_shape, timing=False,
                          find_arena="max_ram" in b.limits)
         result.measurements[b.name] = m
         result.lines[b.name] = b.line
@@ -317,14 +325,21 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
                 value = t["macs"]
                 text, detail = f"{value:,} MACs vs {int(limit):,}", ""
             elif key == "max_latency_ms":
-                value = m["latency"]["predicted"][b.kernels]["ms"]
-                text, detail = f"{value:.2f} ms vs {limit:g} ms", f"predicted on {b.target}, {b.kernels} kernels"
+                rt = m["latency"].get("predicted_runtime") if b.device is not None and b.device.runtime else None
+                if rt:  # the runtime the budget names, from the cost model fitted to MLPerf Tiny results
+                    value = rt["ms"]
+                    text, detail = (f"{value:.2f} ms vs {limit:g} ms", f"predicted on {b.target} for {rt['runtime']} "
+                                    f"(+-{100 * rt['band']:.0f} %{', extrapolated' if rt['extrapolated'] else ''})")
+                else:
+                    value = m["latency"]["predicted"][b.kernels]["ms"]
+                    text, detail = f"{value:.2f} ms vs {limit:g} ms", f"predicted on {b.target}, {b.kernels} kernels"
             elif key == "max_energy_uj":
                 from tinyprune import targets
                 from tinyprune.measure.latency import predict
 
-                tgt = targets.load(b.target)
-                cycles = predict(m["layers"], tgt, b.kernels)["cycles"]
+                tgt = b.device or targets.load(b.target)
+                rt = m["latency"].get("predicted_runtime") if tgt.runtime else None
+                cycles = rt["cycles"] if rt else predict(m["layers"], tgt, b.kernels)["cycles"]
                 value = cycles * tgt.pj_per_cycle * 1e-6
                 text, detail = f"{value:.2f} uJ vs {limit:g} uJ", f"{tgt.pj_per_cycle:g} pJ/cycle x predicted cycles"
             else:  # a quality budget: the model run in TFLM on its data, once for all of them

@@ -58,6 +58,9 @@ def _cache_dir(args) -> str | None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     _cache_flags(p)
+    p.add_argument("--runtime", default=None,
+                   help="inference engine the latency is predicted for (default tflm-cmsis-nn 2.3.1; see `tinyprune runtimes`)")
+    p.add_argument("--clock-mhz", type=float, default=None, help="the board's clock, overriding the target's")
     p.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
     p.add_argument("--out", type=Path, help="output folder (replaced only when the run succeeds)")
     p.add_argument("--sparsity", type=_sparsity, default=0.5, help="fraction of MACs to remove (default 0.5)")
@@ -264,6 +267,8 @@ def _config(args):
         export=ExportConfig(bn_as_depthwise=not args.plain_export, equalize_concats=not args.plain_export),
         plane=args.plane,
         cache_dir=_cache_dir(args),
+        runtime=args.runtime,
+        clock_mhz=args.clock_mhz,
     )
 
 

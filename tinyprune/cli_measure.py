@@ -119,23 +119,13 @@ def writable_file(path: Path | None, flag: str) -> None:
 def _target_of(args):
     """The target (a name or the user's file), at --clock-mhz, and the --runtime checked for its
     core: every error here comes before a model is loaded."""
-    import dataclasses
-
     from tinyprune import targets
-    from tinyprune.measure import runtimes
 
-    target = targets.load(args.target)
-    if args.clock_mhz is not None:
-        if not args.clock_mhz > 0:
-            raise ConfigError(f"--clock-mhz must be > 0, got {args.clock_mhz:g}")
-        target = dataclasses.replace(target, clock_hz=int(round(args.clock_mhz * 1e6)))
-    if args.runtime is not None:
-        runtimes.check(args.runtime, runtimes.core_of(target))
-    return target
+    return targets.configure(targets.load(args.target), args.runtime, args.clock_mhz)
 
 
 def _measure(args) -> int:
-    from tinyprune.measure.core import measure_file, runtime_prediction
+    from tinyprune.measure.core import measure_file
 
     writable_file(args.html, "--html")
     target = _target_of(args)
@@ -147,8 +137,6 @@ def _measure(args) -> int:
     result = measure_file(args.model, target, input_shape=args.input_shape, arch=args.arch,
                           trust_code=args.trust_code, timing=not args.no_timing, find_arena=not args.no_arena,
                           repeats=args.repeats, int8=args.int8, calib=calib)
-    if args.runtime is not None:
-        result["latency"]["predicted_runtime"] = runtime_prediction(result["layers"], target, args.runtime)
     if args.html is not None:
         from tinyprune.report.html import write_html
 
@@ -242,6 +230,9 @@ def print_measurement(r: dict) -> None:
                      + (", extrapolated: not validated on a board it was not fitted to" if rt["extrapolated"] else
                         ", the band is the median error on boards left out of the fit")
                      + "; fitted to MLPerf Tiny results)")
+        if "energy_uj_mlperf_board" in rt:
+            lines.append(f"energy at the {rt['energy_board']}'s measured {rt['energy_pj_per_cycle']:.0f} pJ/cycle "
+                         f"(MLPerf Tiny, whole board): {rt['energy_uj_mlperf_board']:.4g} uJ for those cycles")
     for name, d in r["latency"]["measured"].items():
         lines.append(f"latency measured on this host, {name}: {_ms(d)}")
     if r.get("unsupported_ops"):

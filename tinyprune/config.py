@@ -90,6 +90,10 @@ class CompressConfig:
     # where analyses (MI scores, covariances) are kept for the next run on the same model and data;
     # None: not kept (the CLI's default is tinyprune.information.cache.default_cache_dir())
     cache_dir: str | None = None
+    # latency is predicted for this engine (tinyprune.measure.runtimes; None: the target's default)
+    # at this clock (None: the target's)
+    runtime: str | None = None
+    clock_mhz: float | None = None
 
     def __post_init__(self):
         import math

@@ -190,3 +190,32 @@ def test_fit_layout_for_accuracy_data():
     assert budget._fit_layout(np.zeros((5, 64)), [1, 64]).shape == (5, 64)
     with pytest.raises(DataError, match="do not fit"):
         budget._fit_layout(np.zeros((5, 7, 7)), [1, 8, 8, 1])
+
+
+def test_a_runtime_budget_uses_that_engines_prediction(project, fake):
+    from tinyprune.measure import runtimes
+
+    m = fake_measurement()
+    layers = m["layers"]
+    # what measure_file attaches for a target configured with the runtime and clock
+    m["latency"]["predicted_runtime"] = runtimes.predict(layers, "x-cube-ai 9.0", "Cortex-M7", 280_000_000)
+    fake["m"] = m
+    path = write(project, '[[model]]\npath = "build/m.tflite"\ntarget = "cortex-m7"\nruntime = "x-cube-ai 9.0"\n'
+                          'clock_mhz = 280\nmax_latency_ms = 100\n')
+    result = budget.run_check([], path)
+    (outcome,) = result.outcomes
+    assert outcome.value == pytest.approx(m["latency"]["predicted_runtime"]["ms"])
+    assert "for x-cube-ai 9.0" in outcome.detail
+    _, target, _ = fake["calls"][0]
+    assert (target.runtime, target.clock_hz) == ("x-cube-ai 9.0", 280_000_000)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('runtime = "nope"\n', "unknown runtime 'nope'"),
+    ('runtime = "x-cube-ai 9.0"\ntarget = "cortex-m33"\n', "no calibrated cost model for core Cortex-M33"),
+    ('clock_mhz = -1\n', "--clock-mhz must be > 0"),
+])
+def test_bad_runtime_budgets_are_config_errors(project, fake, extra, message):
+    path = write(project, '[[model]]\npath = "build/m.tflite"\nmax_latency_ms = 100\n' + extra)
+    with pytest.raises(ConfigError, match=message):
+        budget.run_check([], path)

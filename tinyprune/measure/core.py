@@ -55,6 +55,7 @@ def runtime_prediction(layers: list[dict], target, runtime: str | None = None) -
     from tinyprune.measure import runtimes
 
     core = runtimes.core_of(target)
+    runtime = runtime or getattr(target, "runtime", "") or None
     if runtime is None and core not in runtimes.table().get("cores", {}):
         return None
     return runtimes.predict(layers, runtime or runtimes.DEFAULT_RUNTIME, core, target.clock_hz)

@@ -74,6 +74,12 @@ def predict(layers: list[dict], runtime: str, core: str, clock_hz: int) -> dict:
     band = float(spec["band"])
     # published on other cores only: the core factor carries the prediction
     extrapolated = bool(spec["extrapolated"]) or core not in spec["cores"]
-    return {"runtime": runtime, "core": core, "cycles": cycles, "ms": ms, "clock_hz": clock_hz, "band": band,
-            "ms_low": ms * (1 - band), "ms_high": ms * (1 + band), "extrapolated": extrapolated,
-            "calibrated_on": list(spec["cores"])}
+    out = {"runtime": runtime, "core": core, "cycles": cycles, "ms": ms, "clock_hz": clock_hz, "band": band,
+           "ms_low": ms * (1 - band), "ms_high": ms * (1 + band), "extrapolated": extrapolated,
+           "calibrated_on": list(spec["cores"])}
+    energy = table().get("energy", {}).get(core)
+    if energy:  # what the MLPerf Tiny board of this core spends per cycle, measured (not the target's datasheet)
+        out["energy_uj_mlperf_board"] = cycles * energy["pj_per_cycle"] * 1e-6
+        out["energy_board"] = energy["board"]
+        out["energy_pj_per_cycle"] = energy["pj_per_cycle"]
+    return out

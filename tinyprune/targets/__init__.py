@@ -42,13 +42,16 @@ class Target:
     # the known target this one is based on (a user's board file: base = "cortex-m4"), whose core
     # the runtime cost models are looked up by (tinyprune.measure.runtimes)
     base: str = ""
+    # the inference engine latency is predicted for (tinyprune.measure.runtimes); "" = the default
+    runtime: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tflm_ops"] = list(self.tflm_ops)
         d["tflm_custom_ops"] = list(self.tflm_custom_ops)
-        if not self.base:
-            del d["base"]  # a target file of its own (what the schema describes)
+        for key in ("base", "runtime"):
+            if not d[key]:
+                del d[key]  # a target file of its own (what the schema describes)
         return d
 
     def supports(self, op: str) -> bool:
@@ -153,14 +156,30 @@ def _load_file(path: Path) -> Target:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"target file {path.name} is not valid TOML: {str(exc).splitlines()[0]}") from None
-    base = raw.pop("base", None)
+    base, runtime = raw.pop("base", None), raw.pop("runtime", "")
     if base is not None:
         files = _files()
         if not isinstance(base, str) or base not in files:
             raise ConfigError(f"target file {path.name}: base must be one of {', '.join(sorted(files))}, got {base!r}")
         raw = {**tomllib.loads(files[base].read_text()), "name": path.stem, **raw}
     raw.setdefault("name", path.stem)
-    return replace(_validate(path.stem, raw, own_file=True), base=base or "")
+    target = replace(_validate(path.stem, raw, own_file=True), base=base or "")
+    return configure(target, runtime=runtime or None)
+
+
+def configure(target: Target, runtime: str | None = None, clock_mhz: float | None = None) -> Target:
+    """``target`` at another clock and/or predicting latency for another runtime (checked: the
+    runtime must be known and have a model for the target's core)."""
+    if clock_mhz is not None:
+        if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
+            raise ConfigError(f"--clock-mhz must be > 0, got {clock_mhz!r}")
+        target = replace(target, clock_hz=int(round(clock_mhz * 1e6)))
+    if runtime:
+        from tinyprune.measure import runtimes
+
+        runtimes.check(runtime, runtimes.core_of(target))
+        target = replace(target, runtime=runtime)
+    return target
 
 
 def load(name: str) -> Target:
