@@ -75,7 +75,7 @@ def test_reference_disagreement_is_an_export_error():
 
     verify.check_agreement({"samples": 100, "agreement_with_litert": 0.99})
     verify.check_agreement({"samples": 100, "litert": "not cross-checked"})  # DECODE models
-    with pytest.raises(ExportError, match="different classes on 2.0% of 100"):
+    with pytest.raises(ExportError, match="disagree on 2.0% of the predictions for 100"):
         verify.check_agreement({"samples": 100, "agreement_with_litert": 0.98})
 
 

@@ -107,7 +107,12 @@ def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> by
     with captured_output() as log:
         try:
             import onnx2tf
+            import tensorflow as tf
 
+            # Keras numbers its layer names per process (model_2/flatten_3/...) and those names
+            # land in the flatbuffer: reset them, so a conversion's bytes do not depend on how many
+            # ran before it in the same process (--fit trials, sweep cells, the tests)
+            tf.keras.backend.clear_session()
             with _offline(calib), _interrupt_after():
                 onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path),
