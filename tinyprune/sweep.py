@@ -365,7 +365,8 @@ def run(model_path: Path, base, grid_cells: list[Cell], out: Path, data_path: Pa
     analysis = shared_analysis(model_path, base, data_path, arch, trust_code)
     started_here = not ray.is_initialized()
     if started_here:
-        init = {"address": address} if address else {"num_cpus": workers or os.cpu_count() or 1}
+        # address "local": a Ray of our own, even when a cluster started with `ray start` runs here
+        init = {"address": address} if address else {"address": "local", "num_cpus": workers or os.cpu_count() or 1}
         ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         model_ref = ray.put(model_path.read_bytes())

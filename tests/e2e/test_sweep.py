@@ -137,9 +137,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, tmp_path, capsys, own_ray_processes):
+def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, tmp_path, capsys, monkeypatch,
+                                                            own_ray_processes):
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    # a localhost-only cluster: the same (no) token for the head, the second node and this driver
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
                    check=True, capture_output=True, env=env, timeout=120)
