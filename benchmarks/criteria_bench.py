@@ -27,19 +27,7 @@ from benchmarks.common import MODELS, REPO, load_dataset, markdown_table
 from tinyprune.config import FinetuneConfig, PruneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.prune import prune_to_macs
-from tinyprune.prune import protocol
-from tinyprune.prune.protocol import Criterion
 from tinyprune.train import accuracy, fit
-
-
-class BnScale(Criterion):
-    name = "bnscale"
-    description = "Torch-Pruning BNScaleImportance (benchmark baseline; models with batch norm only)"
-
-    def importance(self, model, ctx, step):
-        import torch_pruning as tp
-
-        return tp.importance.BNScaleImportance()
 
 
 def _parse(spec: str) -> tuple[str, str, dict]:
@@ -80,8 +68,6 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if "bnscale" not in protocol.names():
-        protocol.register(BnScale)
 
     xtr, ytr, xte, yte = load_dataset(args.dataset)
     t = time.perf_counter()

@@ -156,3 +156,16 @@ def test_mi_analysis_rejects_labels_it_cannot_use(mlp_data, labels, message):
     model, splits = mlp_data
     with pytest.raises(DataError, match=message):
         prune_to_macs(model, PruneConfig(criterion="mi", sparsity=0.3), splits.x_train[:200], labels, 10)
+
+
+def test_bnscale_prunes_by_batch_norm_scale_and_refuses_a_model_without_one(mlp_data, trained, digits):
+    model, splits = mlp_data
+    with pytest.raises(ConfigError, match="no affine batch norm; use l1 or flow"):
+        prune_to_macs(model, PruneConfig("bnscale", 0.4), splits.x_train[:200], splits.y_train[:200], 10)
+    cnn = trained("cnn_bn")
+    result = prune_to_macs(cnn, PruneConfig("bnscale", 0.4), digits.x_train[:200], digits.y_train[:200], 10)
+    assert 0.4 <= 1 - result.macs_after / result.macs_before <= 0.41
+    # the channels kept in the first conv are those with the largest |gamma|
+    gamma = cnn.get_submodule("1").weight.detach().abs()
+    kept = result.kept["0"]
+    assert min(gamma[kept]) >= max(gamma[[c for c in range(16) if c not in kept]])

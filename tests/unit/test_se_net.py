@@ -15,7 +15,8 @@ from tinyprune.prune import prune_to_macs
 from tinyprune.testing.models import MODELS
 from tinyprune.train import fit
 
-BROKEN: set[str] = set()
+# criterion -> why it still fails here (a strict xfail: the mark must go once it is fixed)
+BROKEN = {"bnscale": "removes 60 % of the MACs at a 40 % target: the landing rule misses a drop on this net"}
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,9 @@ def se(digits):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("criterion", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="grouped conv channel groups (issue 14)"))
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=BROKEN[c]))
     if c in BROKEN else c
-    for c in ("l1", "random", "taylor", "mi", "mspic", "flow", "vib", "mipp")])
+    for c in ("l1", "random", "taylor", "bnscale", "mi", "mspic", "flow", "vib", "mipp")])
 def test_every_criterion_prunes_the_se_net(se, criterion):
     model, splits = se
     options = {"epochs": 1} if criterion == "vib" else None
