@@ -82,6 +82,9 @@ def _prepare_out_dir(out: Path) -> Path:
     run wrote there (its manifest says which files): a user's folder is never touched."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and os.path.ismount(out):
+        # the result replaces the folder by a rename, which a mount point refuses (EBUSY)
+        raise ConfigError(f"--out {out} is a mount point; give a folder inside it, e.g. {out / 'tinyprune-out'}")
     if out.is_dir() and any(out.iterdir()):
         foreign = _foreign_files(out)
         if foreign:

@@ -279,3 +279,31 @@ def test_unpack_keeps_tensor_names_that_clash_with_numpy_keywords(capsys, tmp_pa
     with np.load(tmp_path / "u" / "weights.npz") as w:
         assert sorted(w.files) == ["allow_pickle", "file"]
         assert np.array_equal(w["file"], names["file"]) and np.array_equal(w["allow_pickle"], names["allow_pickle"])
+
+
+def test_out_on_a_mount_point_is_refused_before_any_work(tmp_path, capsys):
+    from tinyprune.cli import main
+
+    # "/" is a mount point on every machine; nothing is loaded, trained or written
+    code = main(["compress", str(tmp_path / "missing.pt"), "--data", str(tmp_path / "x.npz"), "--out", "/"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out / is a mount point; give a folder inside it" in err, err
+
+
+def test_compress_needs_no_network(tmp_path, trained, digits_npz):
+    """The whole pipeline inside a network namespace with no interface up (where the machine
+    allows one): nothing may need the network (onnxruntime telemetry is off, onnx2tf is offline)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+        pytest.skip("this machine does not allow a network namespace (unshare -n)")
+    torch.save(trained("mlp").eval(), tmp_path / "m.pt")
+    result = subprocess.run(["unshare", "-n", sys.executable, "-m", "tinyprune", "compress", str(tmp_path / "m.pt"),
+                             "--data", str(digits_npz), "--out", str(tmp_path / "out"), "--finetune-epochs", "1",
+                             "--no-deepcompress", "--quiet", "--no-cache"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model_int8.tflite").exists()
