@@ -169,6 +169,8 @@ def _load_stage(source, cfg, data_path, builtin_data):
     from tinyprune.prune import protocol
 
     protocol.check_task(cfg.prune.criterion, splits.task.kind)  # before the first slow step
+    if getattr(cfg, "plane", False) and splits.task.kind != "classify":
+        raise ConfigError(f"--plane measures I(T;Y) with class labels; this data is a {splits.task.kind} task")
     model = to_module(loaded, torch.from_numpy(splits.x_train[:1]))
     return loaded, model, splits
 

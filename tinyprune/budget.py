@@ -187,8 +187,6 @@ def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
             raise ConfigError(f"{where}: 'runtime' must be a string (see `tinyprune runtimes`)")
         # unknown target or runtime, or a runtime without a model for the core: one line naming the known ones
         device = targets.configure(targets.load(target), runtime, clock)
-        if runtime is None and clock is None:
-            device = None  # the named target as it is
         limits = {}
         for key in ("max_flash", "max_ram"):
             if key in t:
@@ -285,6 +283,9 @@ def tflite_quality(model_bytes: bytes, data_path: Path, arena: int | None = None
         y = targets_for(kind, x, None if y is None else np.asarray(y), outputs, data_path.name)
     if anomaly is not None:
         anomaly = check_anomaly(np.asarray(anomaly), len(x), data_path.name)
+        if len(np.unique(anomaly)) < 2:
+            raise DataError(f"{data_path.name}: the anomaly labels are all {int(anomaly[0])}; ROC AUC needs normal "
+                            "and anomalous samples")
     if arena is None:
         arena = micro.smallest_arena(model_bytes, device_input(model_bytes, x[:1]))
     task = Task(kind, anomaly_labels=anomaly is not None)
@@ -302,7 +303,7 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
     for b in budgets:
         if progress:
             progress(f"measuring {b.name}")
-        m = measure_file(b.path, b.device or b.target, input_shape=b.input_shape, timing=False,
+        m = measure_file(b.path, b.device, input_shape=b.input_shape, timing=False,
                          find_arena="max_ram" in b.limits)
         result.measurements[b.name] = m
         result.lines[b.name] = b.line
@@ -325,7 +326,7 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
                 value = t["macs"]
                 text, detail = f"{value:,} MACs vs {int(limit):,}", ""
             elif key == "max_latency_ms":
-                rt = m["latency"].get("predicted_runtime") if b.device is not None and b.device.runtime else None
+                rt = m["latency"].get("predicted_runtime") if b.device.runtime else None
                 if rt:  # the runtime the budget names, from the cost model fitted to MLPerf Tiny results
                     value = rt["ms"]
                     text, detail = (f"{value:.2f} ms vs {limit:g} ms", f"predicted on {b.target} for {rt['runtime']} "
@@ -334,10 +335,9 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
                     value = m["latency"]["predicted"][b.kernels]["ms"]
                     text, detail = f"{value:.2f} ms vs {limit:g} ms", f"predicted on {b.target}, {b.kernels} kernels"
             elif key == "max_energy_uj":
-                from tinyprune import targets
                 from tinyprune.measure.latency import predict
 
-                tgt = b.device or targets.load(b.target)
+                tgt = b.device
                 rt = m["latency"].get("predicted_runtime") if tgt.runtime else None
                 cycles = rt["cycles"] if rt else predict(m["layers"], tgt, b.kernels)["cycles"]
                 value = cycles * tgt.pj_per_cycle * 1e-6

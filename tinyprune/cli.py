@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="host:port of a Ray head node (`ray start --head`); default: a "
                                                       "local Ray with one worker per core")
     sw.add_argument("--workers", type=int, default=None, help="local Ray workers (default: the number of cores)")
-    sw.add_argument("--yes", action="store_true", help=f"run a grid of more than 10,000 cells")
+    sw.add_argument("--yes", action="store_true", help="run a grid of more than 10,000 cells")
     _common(sw)
 
     ana = sub.add_parser("analyze", help="per-layer and per-channel MI with the labels; writes mi.json and mi.png",

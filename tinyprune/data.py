@@ -199,11 +199,16 @@ def prepare(raw: RawData, model, cfg: DataConfig, seed: int) -> Splits:
     else:
         pool_anomaly = None if raw.anomaly_train is None else check_anomaly(raw.anomaly_train, len(x), "data")
         perm = rng.permutation(len(x))
-        n_eval = max(1, int(round(len(x) * cfg.eval_fraction)))
-        ev, tr = perm[:n_eval], perm[n_eval:]
-        if pool_anomaly is not None:
+        if pool_anomaly is None:
+            n_eval = max(1, int(round(len(x) * cfg.eval_fraction)))
+            ev, tr = perm[:n_eval], perm[n_eval:]
+        else:
+            # an autoencoder learns what normal looks like: every anomaly is held out (for the
+            # AUC), with the eval fraction of the normal samples; the other normal ones train
+            normal, anomalous = perm[pool_anomaly[perm] == 0], perm[pool_anomaly[perm] == 1]
+            n_eval = max(1, int(round(len(normal) * cfg.eval_fraction)))
+            ev, tr = np.concatenate([normal[:n_eval], anomalous]), normal[n_eval:]
             anomaly = pool_anomaly[ev]
-            tr = tr[pool_anomaly[tr] == 0]  # an autoencoder learns what normal looks like
         x_train, x_eval = x[tr], x[ev]
         y_train, y_eval = (None, None) if y is None else (y[tr], y[ev])
     if anomaly is not None:

@@ -50,7 +50,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        parts = [self.criterion, f"s{self.sparsity:g}", f"b{self.bits}" if self.bits else "b-", self.target]
+        parts = [self.criterion, f"s{self.sparsity!r}", f"b{self.bits}" if self.bits else "b-", self.target]
         if self.finetune_epochs is not None:
             parts.append(f"e{self.finetune_epochs}")
         if self.runtime:
@@ -69,15 +69,17 @@ class SweepResult:
 
 # ---------------------------------------------------------------------------------------- grid
 
-def _values(key: str, text: str) -> list:
-    items = [v.strip() for v in str(text).split(",") if v.strip()]
+def _values(key: str, text: str | list) -> list:
+    """A grid axis: "v1,v2" from the command line, or a TOML list (whose items may hold commas)."""
+    raw = text if isinstance(text, list) else str(text).split(",")
+    items = list(dict.fromkeys(str(v).strip() for v in raw if str(v).strip()))  # each value once
     if not items:
         raise ConfigError(f"--grid {key}= has no values; give a comma-separated list, e.g. {key}=a,b")
     try:
         if key == "sparsity":
-            return [float(v) for v in items]
+            return list(dict.fromkeys(float(v) for v in items))
         if key in ("bits", "finetune_epochs"):
-            return [int(v) for v in items]
+            return list(dict.fromkeys(int(v) for v in items))
     except ValueError:
         raise ConfigError(f"--grid {key}: {text!r} is not a list of {'numbers' if key == 'sparsity' else 'integers'}") \
             from None
@@ -97,8 +99,7 @@ def parse_grid(specs: list[str] | None, config: Path | None = None) -> dict[str,
         if not isinstance(table, dict):
             raise ConfigError(f"{config.name} needs a [grid] table, e.g. criterion = [\"l1\", \"flow\"]")
         for key, values in table.items():
-            values = values if isinstance(values, list) else [values]
-            grid[key.replace("-", "_")] = _values(key, ",".join(str(v) for v in values))
+            grid[key.replace("-", "_")] = _values(key, values if isinstance(values, list) else [values])
     for spec in specs or []:
         key, sep, text = spec.partition("=")
         key = key.strip().replace("-", "_")
@@ -225,6 +226,17 @@ def run_cell(cell: Cell, base, model_bytes: bytes, model_name: str, data_bytes: 
 def shared_analysis(model_path: Path, base, data_path: Path | None, arch, trust_code) -> dict[str, bytes]:
     """The unpruned model's analyses (what every cell's criterion and report measure first), as
     the cache files a cell's ``--cache-dir`` holds; computed once here, shipped to every cell."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cells run on one thread: the same reductions, the same bits
+    try:
+        return _analysis_files(model_path, base, data_path, arch, trust_code)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _analysis_files(model_path: Path, base, data_path: Path | None, arch, trust_code) -> dict[str, bytes]:
     from tinyprune import api
     from tinyprune.prune.flow import _input_stats
     from tinyprune.prune.mi import model_channel_mi
@@ -327,9 +339,21 @@ def _reachable(address: str) -> None:
                           "start one with `ray start --head --port=PORT`") from None
 
 
-def _finished(out: Path) -> dict | None:
+def run_key(cell: Cell, base, model_path: Path, data_path: Path | None, arch, trust_code) -> str:
+    """What a finished cell was computed from: the model and data bytes, every setting. A cell
+    folder whose key differs (another model, seed or flag) is run again, not reused."""
+    import hashlib
+
+    h = hashlib.sha256(model_path.read_bytes())
+    h.update(data_path.read_bytes() if data_path is not None else b"builtin digits")
+    h.update(json.dumps([cell_config(cell, base).to_dict(), arch, trust_code], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _finished(out: Path, key: str) -> dict | None:
     report = out / "report.json"
-    if not report.is_file():
+    stamp = out.with_name(out.name + ".key")
+    if not report.is_file() or not stamp.is_file() or stamp.read_text().strip() != key:
         return None
     try:
         return json.loads(report.read_text())
@@ -350,13 +374,14 @@ def run(model_path: Path, base, grid_cells: list[Cell], out: Path, data_path: Pa
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
     rows: dict[str, dict] = {}
-    todo = []
+    todo, keys = [], {}
     for cell in grid_cells:
-        report = _finished(out / "cells" / cell.id)
+        keys[cell.id] = run_key(cell, base, model_path, data_path, arch, trust_code)
+        report = _finished(out / "cells" / cell.id, keys[cell.id])
         if report is not None:
             rows[cell.id] = {**row_of(cell, report, 0.0, out / "cells" / cell.id), "status": "done"}
         else:
-            shutil.rmtree(out / "cells" / cell.id, ignore_errors=True)  # a cell cut short: run again
+            shutil.rmtree(out / "cells" / cell.id, ignore_errors=True)  # cut short, or from other settings
             todo.append(cell)
     write_tables(list(rows.values()), out)
     if not todo:
@@ -386,6 +411,8 @@ def run(model_path: Path, base, grid_cells: list[Cell], out: Path, data_path: Pa
                     row = {"cell": cell.id, "status": "failed", "exit_code": 70, **_settings(cell),
                            "error": f"worker lost: {type(exc).__name__}"}
                 rows[cell.id] = row
+                if row["status"] == "done":  # this folder holds this cell's result: resumable
+                    (out / "cells" / f"{cell.id}.key").write_text(keys[cell.id] + "\n")
                 failed += row["status"] == "failed"
                 write_tables(list(rows.values()), out)
                 if progress:

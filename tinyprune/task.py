@@ -72,7 +72,7 @@ def metrics(task: Task, outputs: np.ndarray, targets: np.ndarray, anomaly: np.nd
         normal = anomaly == 0
         return {"score": auc, "auc": auc, "mse": float(per_sample[normal].mean()),
                 "mse_anomalous": float(per_sample[~normal].mean())}
-    var = float(tgt.var())
+    var = float(((tgt - tgt.mean(0)) ** 2).mean())  # around each value's own mean, as R² does
     explained = 1.0 - float(per_sample.mean()) / max(var, 1e-30)
     return {"score": explained, "explained_variance": explained, "mse": float(per_sample.mean())}
 

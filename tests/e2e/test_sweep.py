@@ -162,8 +162,8 @@ def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, tmp_path, c
     (["--grid", "color=red"], "unknown grid key 'color'; known keys: criterion, sparsity"),
     (["--grid", "sparsity="], "--grid sparsity= has no values"),
     (["--grid", "criterion=l1,nope"], "unknown criterion 'nope'"),
-    (["--grid", "sparsity=0.1,0.2,0.3,0.4,0.5", "bits=4,5,6,7", "criterion=" + ",".join(["l1"] * 501)],
-     "the grid has 10,020 cells (over 10,000); pass --yes"),
+    (["--grid", "criterion=l1,random", "sparsity=" + ",".join(f"{i / 10_000:g}" for i in range(1, 5002))],
+     "the grid has 10,002 cells (over 10,000); pass --yes"),
     (["--grid", "sparsity=0.5", "--address", "127.0.0.1:1"], "no Ray head node answers there"),
 ])
 def test_bad_grids_exit_2_before_any_cell(project, tmp_path, capsys, argv, message):
@@ -179,3 +179,13 @@ def test_without_ray_the_sweep_names_the_extra(project, tmp_path, capsys, monkey
     code = main(["sweep", str(project / "mlp.pt"), "--data", str(project / "digits.npz"), "--grid", "sparsity=0.3",
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "pip install 'tinyprune[sweep]'" in capsys.readouterr().err
+
+
+def test_a_sweep_toml_takes_lists_whose_items_hold_commas(tmp_path):
+    from tinyprune.sweep import parse_grid
+
+    (tmp_path / "sweep.toml").write_text('[grid]\nruntime = ["onnc (unversioned, v1.1)", "x-cube-ai 9.0"]\n'
+                                         'sparsity = [0.3, 0.5, 0.3]\n')
+    grid = parse_grid(["criterion=l1,flow,l1"], tmp_path / "sweep.toml")
+    assert grid == {"runtime": ["onnc (unversioned, v1.1)", "x-cube-ai 9.0"], "sparsity": [0.3, 0.5],
+                    "criterion": ["l1", "flow"]}

@@ -82,7 +82,7 @@ def test_all_budgets_hold(project, fake, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "all budgets hold" in out and "EXCEEDED" not in out
     path, target, kw = fake["calls"][0]
-    assert path == (project / "build/m.tflite").resolve() and target == "cortex-m4"
+    assert path == (project / "build/m.tflite").resolve() and target.name == "cortex-m4"
     assert kw["find_arena"] is True and kw["timing"] is False
 
 

@@ -202,3 +202,17 @@ def test_mipp_criterion_through_prune_to_macs(cnn):
     assert all(len(res.kept[name]) == widths[name] for name in res.kept)
     assert res.kept["0"] == sorted(res.kept["0"]) and max(res.kept["0"]) < 16
     assert torch.equal(res.model[0].weight, model[0].weight[res.kept["0"]])
+
+
+def test_apply_kept_reports_a_layer_that_lost_its_last_channels():
+    import torch
+    import torch.nn as nn
+
+    from tinyprune.prune.mipp import apply_kept
+
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    masks = {"layers": {"0": {"kept": [0, 1, 2, 3]}, "2": {"kept": [0, 2, 4]}}}
+    apply_kept(model, masks, torch.rand(1, 8))
+    # ids [0..3] of a layer that had 6: changed, so listed (they used to be left out)
+    assert masks["kept"] == {"0": [0, 1, 2, 3], "2": [0, 2, 4]}
+    assert model[0].out_features == 4 and model[2].out_features == 3

@@ -40,7 +40,7 @@ def task_metrics(model_bytes: bytes, raw: np.ndarray, y: np.ndarray, task: Task 
         values = (values - out["zero_point"]) * out["scale"]
     if values.ndim == 4:  # NHWC on the device, NCHW in PyTorch
         values = values.transpose(0, 3, 1, 2)
-    elif values.ndim == 3 and tuple(values.shape[1:]) != tuple(y.shape[1:]):  # NLC -> NCL
+    elif values.ndim == 3:  # NLC on the device (onnx2tf converts 1-D signals channels-last), NCL in PyTorch
         values = values.transpose(0, 2, 1)
     return metrics(task, values.reshape(y.shape), y, anomaly)
 

@@ -45,8 +45,12 @@ def analysis_key(kind: str, model, arrays: dict, settings: dict) -> str:
     """Hex SHA-256 of the model, the data arrays and the settings of one analysis."""
     h = hashlib.sha256(f"tinyprune-{kind}-v{CACHE_VERSION}|{sorted(settings.items())!r}|".encode())
     h.update(repr(model).encode())
+    for name, m in model.named_modules():  # a lifted graph's code, not only its modules' reprs
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{getattr(m, 'code', '')}|".encode())
     for name, t in model.state_dict().items():
         _hash_tensor(h, name, t)
+    for name, t in model.named_buffers():  # non-persistent buffers too
+        _hash_tensor(h, f"buffer:{name}", t)
     for name, a in arrays.items():
         _hash_tensor(h, f"data:{name}", a)
     return h.hexdigest()
@@ -63,7 +67,10 @@ def cached(kind: str, model, arrays: dict, settings: dict,
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = {name: z[name].copy() for name in z.files}
-        os.utime(path)  # recently used: kept longest
+        try:
+            os.utime(path)  # recently used: kept longest
+        except OSError:
+            pass  # a read-only cache still serves its files
         return stored
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # absent, or unreadable (cut short by a full disk): measure again and overwrite
@@ -86,6 +93,7 @@ def cached(kind: str, model, arrays: dict, settings: dict,
 
 
 def _trim(cache: Path) -> None:
-    files = sorted(cache.glob("*.npz"), key=lambda f: f.stat().st_mtime)
+    # only files this cache wrote (<kind>-<40 hex digits>.npz): never a user's own files
+    files = sorted((f for f in cache.glob("*-" + "[0-9a-f]" * 40 + ".npz")), key=lambda f: f.stat().st_mtime)
     for f in files[:max(0, len(files) - MAX_FILES)]:
         f.unlink(missing_ok=True)

@@ -51,7 +51,7 @@ def names() -> list[str]:
 
 def core_of(target) -> str | None:
     """The core a target (or a user's board based on one) has, as MLPerf Tiny names it."""
-    return CORES.get(target.name) or CORES.get(getattr(target, "base", ""))
+    return CORES.get(getattr(target, "base", "")) or CORES.get(target.name)
 
 
 def check(runtime: str, core: str | None) -> None:

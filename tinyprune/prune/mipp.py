@@ -481,6 +481,7 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     kept = {n: list(range(width(m))) for n, m in modules.items() if isinstance(m, PRUNABLE)}
+    widths0 = {n: len(ids) for n, ids in kept.items()}
     refused = []
     for layer in layers:
         entry = masks["layers"].get(layer.root)
@@ -499,7 +500,7 @@ def apply_kept(model: nn.Module, masks: dict, example: torch.Tensor) -> nn.Modul
         follow_removal(kept, group, names)
         group.prune()
     masks["refused"] = refused
-    masks["kept"] = {n: ids for n, ids in kept.items() if ids != list(range(len(ids)))}
+    masks["kept"] = {n: ids for n, ids in kept.items() if len(ids) != widths0[n]}
     return model
 
 

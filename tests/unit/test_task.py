@@ -1,0 +1,72 @@
+"""Task metrics and the splits of tasks beyond classification (tinyprune.task, tinyprune.data)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from tinyprune.config import DataConfig
+from tinyprune.data import RawData, prepare
+from tinyprune.task import Task, metrics
+from tinyprune.testing import MODELS
+
+
+def test_scores_measure_against_each_outputs_own_mean():
+    rng = np.random.default_rng(0)
+    y = np.stack([rng.normal(0, 1, 200), rng.normal(100, 1, 200)], 1)
+    means = np.broadcast_to(y.mean(0), y.shape)
+    # predicting each output's mean explains nothing, whatever the outputs' offsets
+    assert metrics(Task("regress"), means, y)["r2"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics(Task("reconstruct"), means, y)["explained_variance"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics(Task("regress"), y, y)["r2"] == 1.0
+    auc = metrics(Task("reconstruct", True), y + np.r_[np.zeros(150), np.ones(50)][:, None], y,
+                  np.r_[np.zeros(150, int), np.ones(50, int)])
+    assert auc["auc"] == 1.0 and auc["mse"] == 0.0 and auc["mse_anomalous"] == 1.0
+
+
+def test_every_anomaly_is_held_out_and_only_normal_samples_train(digits):
+    x = digits.x_train.reshape(len(digits.x_train), 64)
+    anomaly = (digits.y_train == 9).astype(np.int64)
+    splits = prepare(RawData(x, None, None, None, "t", anomaly_train=anomaly), MODELS["autoencoder"]().eval(),
+                     DataConfig(), seed=3)
+    assert splits.task.kind == "reconstruct" and splits.task.metric == "auc"
+    assert splits.anomaly_eval.sum() == anomaly.sum()  # all of them
+    normal_eval = int((splits.anomaly_eval == 0).sum())
+    assert normal_eval == round((anomaly == 0).sum() * 0.2)
+    assert len(splits.x_train) + normal_eval == (anomaly == 0).sum()
+    # the targets are the inputs
+    assert np.array_equal(splits.y_train, splits.x_train)
+
+
+def test_plane_is_refused_for_a_task_without_labels(tmp_path, digits):
+    from tinyprune import api
+    from tinyprune.config import CompressConfig
+    from tinyprune.errors import ConfigError
+
+    torch.save(MODELS["autoencoder"]().eval(), tmp_path / "ae.pt")
+    np.savez(tmp_path / "x.npz", x=digits.x_train.reshape(len(digits.x_train), 64))
+    with pytest.raises(ConfigError, match="--plane measures I\\(T;Y\\) with class labels; this data is a reconstruct"):
+        api.compress(api.ModelSource(tmp_path / "ae.pt"), CompressConfig(plane=True), data_path=tmp_path / "x.npz",
+                     out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_analysis_key_sees_a_graphs_code():
+    import torch.fx as fx
+
+    from tinyprune.information.cache import analysis_key
+
+    class Act(nn.Module):
+        def __init__(self, f):
+            super().__init__()
+            self.lin, self.f = nn.Linear(4, 4), f
+
+        def forward(self, x):
+            return self.f(self.lin(x))
+
+    torch.manual_seed(0)
+    a = fx.symbolic_trace(Act(torch.relu))
+    b = fx.symbolic_trace(Act(torch.tanh))
+    b.load_state_dict(a.state_dict())
+    x = {"x": np.zeros((2, 4), np.float32)}
+    assert analysis_key("t", a, x, {}) != analysis_key("t", b, x, {})
