@@ -59,17 +59,26 @@ def _sweep(project, out, *extra) -> tuple[int, list[dict]]:
     return code, json.loads((out / "sweep.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def local_sweep(project):
+    """The 4-cell grid on a local Ray with 2 workers (shared by the tests that compare with it)."""
+    out = project / "local"
+    code, rows = _sweep(project, out, "--workers", "2")
+    return code, rows, out
+
+
 @pytest.mark.slow
-def test_a_local_sweep_runs_every_cell_and_matches_compress_alone(project, tmp_path, capsys, own_ray_processes):
-    code, rows = _sweep(project, tmp_path / "out", "--workers", "2")
+def test_a_local_sweep_runs_every_cell_and_matches_compress_alone(project, local_sweep, tmp_path, capsys,
+                                                                  own_ray_processes):
+    code, rows, out = local_sweep
     capsys.readouterr()
     assert code == 0
     assert [r["cell"] for r in rows] == ["flow_s0.3_b-_cortex-m4", "flow_s0.5_b-_cortex-m4", "l1_s0.3_b-_cortex-m4",
                                          "l1_s0.5_b-_cortex-m4"]
     assert all(r["status"] == "done" and abs(r["macs_removed"] - r["sparsity"]) < 0.02 for r in rows)
-    with (tmp_path / "out" / "sweep.csv").open() as f:
+    with (out / "sweep.csv").open() as f:
         assert [r["cell"] for r in csv.DictReader(f)] == [r["cell"] for r in rows]
-    assert "Pareto" in (tmp_path / "out" / "sweep.html").read_text()
+    assert "Pareto" in (out / "sweep.html").read_text()
     # two cells against the same compress run alone, one thread, same seed: the same bytes and numbers
     torch.set_num_threads(1)
     try:
@@ -78,7 +87,7 @@ def test_a_local_sweep_runs_every_cell_and_matches_compress_alone(project, tmp_p
             alone = tmp_path / f"alone-{cell}"
             assert main(["compress", str(project / "mlp.pt"), "--data", str(project / "digits.npz"), "--out",
                          str(alone), "--criterion", criterion, "--sparsity", sparsity, *FLAGS]) == 0
-            swept = tmp_path / "out" / "cells" / cell
+            swept = out / "cells" / cell
             assert (alone / "model_int8.tflite").read_bytes() == (swept / "model_int8.tflite").read_bytes()
             a, s = (json.loads((p / "report.json").read_text()) for p in (alone, swept))
             assert [st["accuracy"] for st in a["stages"]] == [st["accuracy"] for st in s["stages"]]
@@ -137,7 +146,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, tmp_path, capsys, monkeypatch,
+def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, local_sweep, tmp_path, capsys, monkeypatch,
                                                             own_ray_processes):
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -152,8 +161,8 @@ def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, tmp_path, c
     capsys.readouterr()
     assert code == 0 and len(rows) == 4
     assert len({r["node"] for r in rows}) == 2  # both nodes ran cells
-    # the same numbers as one machine (the first test's cells, run here again locally)
-    code, local = _sweep(project, tmp_path / "local", "--workers", "2")
+    # the same numbers as on one machine
+    _, local, _ = local_sweep
     assert [(r["deployed_accuracy"], r["flash_bytes"]) for r in rows] == \
         [(r["deployed_accuracy"], r["flash_bytes"]) for r in local]
 
