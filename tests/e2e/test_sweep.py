@@ -146,20 +146,22 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, local_sweep, tmp_path, capsys, monkeypatch,
-                                                            own_ray_processes):
+def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, local_sweep, tmp_path, own_ray_processes):
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    # a localhost-only cluster: the same (no) token for the head, the second node and this driver
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    # a localhost-only cluster: the same (no) token for the head, the second node and the driver,
+    # which runs as its own process (Ray keeps a process's first auth settings)
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_AUTH_MODE": "disabled"}
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
                    check=True, capture_output=True, env=env, timeout=120)
     subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
                    capture_output=True, env=env, timeout=120)
-    code, rows = _sweep(project, tmp_path / "out", "--address", f"127.0.0.1:{port}")
-    capsys.readouterr()
-    assert code == 0 and len(rows) == 4
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "tinyprune", "sweep", str(project / "mlp.pt"), "--data",
+                             str(project / "digits.npz"), "--out", str(out), *GRID, *FLAGS, "--address",
+                             f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=900)
+    rows = json.loads((out / "sweep.json").read_text())
+    assert result.returncode == 0 and len(rows) == 4, (result.stderr[-1500:], rows)
     assert len({r["node"] for r in rows}) == 2  # both nodes ran cells
     # the same numbers as on one machine
     _, local, _ = local_sweep

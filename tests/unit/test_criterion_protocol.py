@@ -37,7 +37,7 @@ def test_flags_follow_from_the_configs():
 
 
 @pytest.mark.parametrize("criterion, options, message", [
-    ("nope", None, "unknown criterion 'nope'; known criteria: flow, l1"),
+    ("nope", None, "unknown criterion 'nope'; known criteria: bnscale, flow, l1"),
     ("l1", {"gamma": 1.0}, "--l1-gamma is not an option of --criterion l1 .*belongs to --criterion vib"),
     ("vib", {"epochs": -1}, "--vib-epochs must be >= 0"),
     ("vib", {"gamma": "x"}, "--vib-gamma must be a number"),
