@@ -195,6 +195,10 @@ def load_stage(state: RunState, cfg: CompressConfig):
     t = time.perf_counter()
     state.loaded, state.model, state.splits = _load_stage(state.source, cfg, state.data_path, state.builtin_data)
     state.example = torch_example(state.splits)
+    if cfg.deepcompress is not None and cfg.deepcompress.overrides:
+        from tinyprune.deepcompress.magnitude import check_overrides
+
+        check_overrides(state.model, cfg.deepcompress.overrides)  # a misnamed layer fails before training
     macs, params = count_torch(state.model, state.example)
     score, quality = held_out_quality(state.model, state.splits)
     return state, StageRecord("original", params, macs, score, time.perf_counter() - t, quality=quality,

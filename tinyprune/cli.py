@@ -14,19 +14,10 @@ import sys
 from pathlib import Path
 
 from tinyprune import __version__
+from tinyprune.cli_archive import add_archive_options, archive_config, sparsity_arg
 from tinyprune.errors import INTERNAL_ERROR_EXIT, ConfigError, TinypruneError
 
 EPILOG = "exit codes: 0 ok, 1 budget exceeded, 2 bad input, 3 export failure, 70 internal error"
-
-
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -76,7 +67,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock-mhz", type=float, default=None, help="the board's clock, overriding the target's")
     p.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
     p.add_argument("--out", type=Path, help="output folder (replaced only when the run succeeds)")
-    p.add_argument("--sparsity", type=_sparsity, default=0.5, help="fraction of MACs to remove (default 0.5)")
+    p.add_argument("--sparsity", type=sparsity_arg, default=0.5, help="fraction of MACs to remove (default 0.5)")
     p.add_argument("--criterion", default="l1", help="channel importance criterion (default l1; see `tinyprune criteria`)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs after pruning")
     p.add_argument("--at-init", action="store_true",
@@ -90,14 +81,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(default 1.0); pruning backs off and weight sharing widens its indices to stay within it")
     p.add_argument("--lut-bits", type=int, default=None,
                    help="fewest LUT index bits weight sharing tries per layer (default 4; up to 7)")
-    p.add_argument("--archive", action="store_true",
-                   help="also write model.tpz: Deep Compression's storage/OTA archive (weight pruning, "
-                        "weight sharing, Huffman coding), reported with its own bytes and accuracy")
-    p.add_argument("--weight-sparsity", type=_sparsity, default=None,
-                   help="--archive: fraction of each layer's remaining weights set to zero by magnitude (default 0.5)")
-    p.add_argument("--bits", default=None,
-                   help="--archive: shared-weight index bits, one number or per kind, e.g. conv=8,fc=5 "
-                        "(default, as in the paper)")
+    add_archive_options(p)
     p.add_argument("--fit", action="store_true",
                    help="search the MAC reduction (instead of --sparsity) for the most accurate deployed model that "
                         "fits the target's flash and RAM and the --max-* budgets; exit 1 when nothing fits")
@@ -247,21 +231,14 @@ def _config(args):
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     epochs = args.finetune_epochs if args.finetune_epochs is not None else (8 if args.command == "demo" else 3)
-    if (args.bits is not None or args.weight_sparsity is not None) and not args.archive:
-        raise ConfigError("--bits and --weight-sparsity shape the .tpz archive; add --archive (the device model's "
-                          "LUT bits are searched, see --lut-bits)")
+    deep = archive_config(args)  # a stray archive flag is refused first
     if args.no_deepcompress and (args.archive or args.lut_bits is not None):
         raise ConfigError("--no-deepcompress turns weight sharing and the archive off; drop --archive/--lut-bits")
-    deep = sharing = None
+    sharing = None
     if not args.no_deepcompress:
         from tinyprune.deepcompress.deploy import SharingConfig
 
         sharing = SharingConfig(**({"min_bits": args.lut_bits} if args.lut_bits is not None else {}))
-        if args.archive:
-            from tinyprune.deepcompress.stage import DeepCompressConfig
-
-            deep = DeepCompressConfig(weight_sparsity=0.5 if args.weight_sparsity is None else args.weight_sparsity,
-                                      bits=args.bits or "conv=8,fc=5")
     return CompressConfig(
         deepcompress=deep,
         sharing=sharing,

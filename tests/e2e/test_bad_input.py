@@ -222,6 +222,8 @@ def test_int8_conversion_that_collapses_names_the_layer_and_publishes_nothing(ca
     (["--lut-bits", "8"], "--lut-bits must be in 1..7"),
     (["--bits", "4"], "add --archive"),
     (["--weight-sparsity", "0.3"], "add --archive"),
+    (["--prune-rounds", "3", "--layer-sparsity", "0=0.9"], "--layer-sparsity, --prune-rounds shape the .tpz archive"),
+    (["--archive", "--prune-rounds", "0"], "--prune-rounds must be >= 1"),
     (["--no-deepcompress", "--archive"], "--no-deepcompress turns weight sharing and the archive off"),
 ])
 def test_bad_budget_and_sharing_options_exit_2_before_loading(capsys, tmp_path, digits_npz, args, needle):

@@ -182,3 +182,33 @@ def test_per_layer_overrides(trained, splits):
                               splits.y_eval[:8], cfg)
     kept = {c.name: c.kept / c.mask.numel() for c in result.clusters}
     assert kept["5.weight"] == pytest.approx(0.8, abs=0.01) and kept["1.weight"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_iterative_pruning_reaches_the_set_rates_through_nested_masks(trained, splits):
+    # Three prune-retrain rounds (Han et al. 2015): each removes the same share of what is left,
+    # a weight once pruned stays pruned, and the last round lands on the set per-layer rates.
+    cfg = DeepCompressConfig(weight_sparsity=0.875, overrides={"5": 0.5}, prune_rounds=3, prune_epochs=1,
+                             centroid_epochs=0)
+    x, y = splits.x_train[:256], splits.y_train[:256]
+    result = run_deepcompress(trained("mlp"), x, y, splits.x_eval[:64], splits.y_eval[:64], cfg)
+    rounds = result.record("weight_pruned").details["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    kept = [r["kept_fraction"] for r in rounds]
+    assert kept[0] > kept[1] > kept[2]
+    layer1 = result.clusters[0]
+    assert layer1.name == "1.weight" and layer1.kept / layer1.mask.numel() == pytest.approx(0.125, abs=0.002)
+    assert result.record("weight_pruned").accuracy == rounds[-1]["accuracy"]
+    single = run_deepcompress(trained("mlp"), x, y, splits.x_eval[:64], splits.y_eval[:64],
+                              DeepCompressConfig(weight_sparsity=0.875, overrides={"5": 0.5}, prune_epochs=1,
+                                                 centroid_epochs=0))
+    assert [c.kept for c in single.clusters] == [c.kept for c in result.clusters]
+    assert len(single.record("weight_pruned").details["rounds"]) == 1
+
+
+def test_round_rates_remove_equal_shares_of_what_is_left():
+    rates = [stage_mod._round_rate(0.92, r, 4) for r in (1, 2, 3, 4)]
+    left = [1 - r for r in rates]
+    assert rates[-1] == 0.92
+    assert left[1] / left[0] == pytest.approx(left[0]) and left[3] / left[2] == pytest.approx(left[0])
+    with pytest.raises(ConfigError):
+        DeepCompressConfig(prune_rounds=0)

@@ -63,6 +63,11 @@ def _resolve_overrides(layers, overrides: Mapping[str, float] | None) -> dict[st
     return resolved
 
 
+def check_overrides(model: nn.Module, overrides: Mapping[str, float] | None) -> None:
+    """ConfigError naming the prunable layers when an override names none of them (before any training)."""
+    _resolve_overrides(weight_layers(model), overrides)
+
+
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Boolean keep-mask removing the ``round(sparsity * n)`` smallest |w| (at least one weight stays)."""
     n = weight.numel()

@@ -56,7 +56,10 @@ class DeepCompressConfig:
     overrides: Mapping[str, float] = field(default_factory=dict, hash=False)
     bits: str = "conv=8,fc=5"  # cluster index width per layer kind (paper: 8 conv, 5 fc)
     gap_bits: str = DEFAULT_GAP_BITS  # relative-index width per layer kind (paper: 8 conv, 5 fc)
-    prune_epochs: int = 2  # Adam fine-tune with the masks held
+    prune_epochs: int = 2  # Adam fine-tune with the masks held, per pruning round
+    # Han et al. 2015 prune and retrain iteratively: round r removes 1 - (1 - s)**(r / rounds) of
+    # each layer, the same fraction of what is left each round, so the final rates are the set ones.
+    prune_rounds: int = 1
     centroid_epochs: int = 2  # SGD on the shared values (grouped gradients)
     lr: float = 1e-3  # Adam learning rate of the pruning fine-tune
     centroid_lr: float = 1e-3  # SGD learning rate of the centroid fine-tune
@@ -75,6 +78,8 @@ class DeepCompressConfig:
         parse_bits(self.gap_bits, "gap bits")
         if self.prune_epochs < 0 or self.centroid_epochs < 0:
             raise ConfigError("deep compression epochs must be >= 0")
+        if self.prune_rounds < 1:
+            raise ConfigError(f"pruning rounds must be >= 1, got {self.prune_rounds}")
         if self.lr <= 0 or self.centroid_lr <= 0 or self.batch_size < 1:
             raise ConfigError("deep compression learning rates must be > 0 and batch size >= 1")
         # A plain dict copy: the caller's mapping may change later, the config must not.
@@ -82,7 +87,7 @@ class DeepCompressConfig:
 
     def to_dict(self) -> dict:
         return {"weight_sparsity": self.weight_sparsity, "overrides": dict(self.overrides), "bits": self.bits,
-                "gap_bits": self.gap_bits, "prune_epochs": self.prune_epochs,
+                "gap_bits": self.gap_bits, "prune_epochs": self.prune_epochs, "prune_rounds": self.prune_rounds,
                 "centroid_epochs": self.centroid_epochs, "lr": self.lr, "centroid_lr": self.centroid_lr,
                 "batch_size": self.batch_size, "lut_ready": self.lut_ready}
 
@@ -237,17 +242,45 @@ def run_deepcompress(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                     lambda m: score(m, x_eval, y_eval, task or CLASSIFY, anomaly))
 
 
+def _round_rate(final: float, r: int, rounds: int) -> float:
+    """Fraction removed after round ``r`` of ``rounds``: equal fractions of what is left each round."""
+    # The last round lands on the set rate exactly (no float round trip through the power).
+    return final if r == rounds else 1.0 - (1.0 - final) ** (r / rounds)
+
+
+def _prune_iteratively(model, x_train, y_train, cfg: DeepCompressConfig, seed: int, progress: Progress,
+                       held_out) -> tuple[dict, list[dict]]:
+    """Prune-retrain rounds toward the configured rates; returns the final masks and one row per round.
+
+    A weight pruned in one round stays pruned: each round's mask is taken on the retrained
+    weights and intersected with the previous one.
+    """
+    masks: dict = {}
+    rounds = []
+    for r in range(1, cfg.prune_rounds + 1):
+        rate = _round_rate(cfg.weight_sparsity, r, cfg.prune_rounds)
+        overrides = {k: _round_rate(v, r, cfg.prune_rounds) for k, v in cfg.overrides.items()}
+        new = magnitude_masks(model, rate, overrides)
+        masks = {n: m & masks[n] for n, m in new.items()} if masks else new
+        label = "prune fine-tune" if cfg.prune_rounds == 1 else f"prune round {r}/{cfg.prune_rounds} fine-tune"
+        with keep_masks(model, masks):
+            # Each round its own seed, so rounds do not replay the same batch order.
+            fit(model, x_train, y_train, FinetuneConfig(cfg.prune_epochs, cfg.lr, cfg.batch_size), seed + r - 1,
+                progress, label)
+        apply_masks(model, masks)  # the last optimizer step came after the last forward pre-hook
+        weights = sum(m.numel() for m in masks.values())
+        rounds.append({"round": r, "kept_fraction": sum(int(m.sum()) for m in masks.values()) / max(weights, 1),
+                       "accuracy": held_out(model)})
+    return masks, rounds
+
+
 def _run(model, x_train, y_train, x_eval, y_eval, cfg: DeepCompressConfig, seed: int, progress: Progress,
          macs: int, held_out) -> DeepCompressResult:
     spec, gap_spec = parse_bits(cfg.bits, "bits"), parse_bits(cfg.gap_bits, "gap bits")
 
     t = time.perf_counter()
-    masks = magnitude_masks(model, cfg.weight_sparsity, cfg.overrides)
-    with keep_masks(model, masks):
-        fit(model, x_train, y_train, FinetuneConfig(cfg.prune_epochs, cfg.lr, cfg.batch_size), seed, progress,
-            "prune fine-tune")
-    apply_masks(model, masks)  # the last optimizer step came after the last forward pre-hook
-    pruned_acc, pruned_s = held_out(model), time.perf_counter() - t
+    masks, rounds = _prune_iteratively(model, x_train, y_train, cfg, seed, progress, held_out)
+    pruned_acc, pruned_s = rounds[-1]["accuracy"], time.perf_counter() - t
     params = _stored_params(model, masks)
 
     t = time.perf_counter()
@@ -276,6 +309,7 @@ def _run(model, x_train, y_train, x_eval, y_eval, cfg: DeepCompressConfig, seed:
         StageRecord("weight_pruned", params, macs, pruned_acc, pruned_s, details={
             "weights": weights, "weights_kept": kept, "kept_fraction": kept / weights if weights else 0.0,
             "sparsity": cfg.weight_sparsity, "overrides": dict(cfg.overrides), "epochs": cfg.prune_epochs,
+            "rounds": rounds,
             "layers_kept": {n: int(m.sum()) for n, m in masks.items()},
             "bytes": sizes.pruned, "ratio_vs_fp32": ratios["P"]}),
         StageRecord("clustered", params, macs, clustered_acc, clustered_s, details={
