@@ -89,6 +89,36 @@ class ResNet8(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class ResNetCifar(nn.Module):
+    """He et al. 2016's CIFAR ResNet (6n+2 layers, 16-32-64 channels, n units per stage), 1-channel input.
+
+    The downsampling units use a 1x1 projection shortcut (option B), so every unit, downsampling
+    or not, can lose its branch and still pass its input on.
+    """
+
+    def __init__(self, units=(3, 3, 3), classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks, cin = [], 16
+        for stage, (n, cout) in enumerate(zip(units, (16, 32, 64))):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def resnet20() -> nn.Module:
+    return ResNetCifar((3, 3, 3))
+
+
+def resnet56() -> nn.Module:
+    return ResNetCifar((9, 9, 9))
+
+
 def vgg_small() -> nn.Module:
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -153,7 +183,7 @@ class DenseNetSmall(nn.Module):
         return self.fc(torch.relu(self.norm(x)).mean((2, 3)))
 
 
-MODELS = {"lenet5": lenet5, "lenet5_caffe": lenet5_caffe, "ds_cnn": ds_cnn, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "vgg_small": vgg_small,
+MODELS = {"lenet5": lenet5, "lenet5_caffe": lenet5_caffe, "ds_cnn": ds_cnn, "lenet_300_100": lenet_300_100, "resnet8": ResNet8, "resnet20": resnet20, "resnet56": resnet56, "vgg_small": vgg_small,
           "densenet": DenseNetSmall}
 
 
