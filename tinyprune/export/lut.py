@@ -125,12 +125,14 @@ def _weight_tensors(int8_bytes: bytes) -> list[tuple[int, dict, np.ndarray, list
     """``(index, details, values, consumer ops)`` of every conv/FC weight, each tensor once."""
     from tinyprune.export.tflite import litert_interpreter
 
+    from tinyprune.measure.graph import read_graph
+
     it = litert_interpreter(int8_bytes)
     details = {t["index"]: t for t in it.get_tensor_details()}
     found: dict[int, list[str]] = {}
-    for op in it._get_ops_details():
-        if op["op_name"] in KIND and len(op["inputs"]) > 1 and op["inputs"][1] >= 0:
-            found.setdefault(int(op["inputs"][1]), []).append(op["op_name"])
+    for op in read_graph(int8_bytes).ops:  # the flatbuffer's own op list, not LiteRT's private one
+        if op.op in KIND and len(op.inputs) > 1 and op.inputs[1] >= 0:
+            found.setdefault(int(op.inputs[1]), []).append(op.op)
     out = []
     for index, ops in found.items():
         try:

@@ -13,14 +13,17 @@ import numpy as np
 
 from tinyprune.errors import UnsupportedModel
 
-# TensorType -> (name, bits per element)
-_TYPES = {
-    0: ("float32", 32), 1: ("float16", 16), 2: ("int32", 32), 3: ("uint8", 8), 4: ("int64", 64),
-    5: ("string", 8), 6: ("bool", 8), 7: ("int16", 16), 8: ("complex64", 64), 9: ("int8", 8),
-    10: ("float64", 64), 11: ("complex128", 128), 12: ("uint64", 64), 13: ("resource", 0),
-    14: ("variant", 0), 15: ("uint32", 32), 16: ("uint16", 16), 17: ("int4", 4), 18: ("bfloat16", 16),
-    19: ("int2", 2), 20: ("uint4", 4), 21: ("float8_e4m3fn", 8), 22: ("float8_e5m2", 8),
-}
+# bits per element by TensorType name; the names and their numbers come from the schema itself
+_BITS = {"float32": 32, "float16": 16, "int32": 32, "uint8": 8, "int64": 64, "string": 8, "bool": 8, "int16": 16,
+         "complex64": 64, "int8": 8, "float64": 64, "complex128": 128, "uint64": 64, "resource": 0, "variant": 0,
+         "uint32": 32, "uint16": 16, "int4": 4, "bfloat16": 16, "int2": 2, "uint4": 4, "float8_e4m3fn": 8,
+         "float8_e5m2": 8}
+
+
+def _types(s) -> dict[int, tuple[str, int]]:
+    """TensorType value -> (name, bits per element), read from the schema's enum class."""
+    names = {v: k.lower() for k, v in vars(s.TensorType).items() if not k.startswith("_") and isinstance(v, int)}
+    return {v: (name, _BITS.get(name, 8)) for v, name in names.items()}
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def read_graph(data: bytes) -> Graph:
         raise UnsupportedModel("not a TFLite flatbuffer (the file identifier TFL3 is missing)")
     s = _schema()
     names = _op_names(s)
+    types = _types(s)
     try:
         model = s.Model.GetRootAs(data, 0)
         if model.SubgraphsLength() < 1:
@@ -126,7 +130,7 @@ def read_graph(data: bytes) -> Graph:
         tensors = {}
         for t in range(sg.TensorsLength()):
             tt = sg.Tensors(t)
-            dtype, bits = _TYPES.get(int(tt.Type()), (f"type{tt.Type()}", 8))
+            dtype, bits = types.get(int(tt.Type()), (f"type{tt.Type()}", 8))
             shape = tuple(int(d) for d in tt.ShapeAsNumpy()) if tt.ShapeLength() else ()
             shape = tuple(1 if d < 0 else d for d in shape)  # dynamic batch: one sample
             scale = zero = None

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
 
 aten = torch.ops.aten
 
@@ -32,19 +33,11 @@ _MOVE = {"cat", "constant_pad_nd", "clone", "_to_copy", "copy_", "copy", "index_
 _FC = {"addmm", "mm", "bmm", "baddbmm", "addbmm"}
 
 
-def _macs(name: str, args: tuple, out: torch.Tensor) -> int:
-    if name == "convolution":
-        x, w = args[0], args[1]
-        transposed = bool(args[6]) if len(args) > 6 else False
-        if transposed:  # weight [cin, cout / groups, k...]: every input element meets cout/g * k weights
-            return x.numel() * int(np.prod(w.shape[1:]))
-        return out.numel() * int(np.prod(w.shape[1:]))  # weight [cout, cin / groups, k...]
-    if name in ("addmm", "baddbmm", "addbmm"):
-        a = args[1]
-        return out.numel() * a.shape[-1] if name != "addbmm" else args[1].shape[0] * out.numel() * a.shape[-1]
-    if name in ("mm", "bmm"):
-        return out.numel() * args[0].shape[-1]
-    return 0
+def _macs(func, args: tuple, kwargs: dict, out) -> int:
+    """PyTorch's own count for the op (torch.utils.flop_counter's formula, FLOPs / 2), the same rule
+    count_torch applies to the whole model, so the per-layer table sums to the pruning target's count."""
+    formula = flop_registry.get(func.overloadpacket)
+    return 0 if formula is None else int(formula(*args, **kwargs, out_val=out)) // 2
 
 
 def _kind(name: str, args: tuple) -> str:
@@ -101,7 +94,7 @@ class _Recorder(TorchDispatchMode):
                 acts.append(tensor)
         params = sum(t.numel() for is_param, t in weights if is_param)
         wbytes = sum(t.numel() * t.element_size() for _, t in weights)
-        macs = _macs(name, args, outs[0])
+        macs = _macs(func, args, kwargs, out)
         abytes = sum(t.numel() * t.element_size() for t in acts) + sum(o.numel() * o.element_size() for o in outs)
         dtype = str(acts[0].dtype if acts else outs[0].dtype).replace("torch.", "")
         self.records.append({
