@@ -28,7 +28,7 @@ left out of the whole fit and predicted; a core with no other result left cannot
 and is reported so.
 
     python -m benchmarks.fit_runtimes             # tables on stdout
-    python -m benchmarks.fit_runtimes --write     # also regenerate tinyprune/targets/runtimes.toml
+    python -m benchmarks.fit_runtimes --write     # also regenerate targets/runtimes.toml
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = REPO / "benchmarks" / "data" / "mlperf_tiny_anchors.csv"
-OUT = REPO / "tinyprune" / "targets" / "runtimes.toml"
+OUT = REPO / "targets" / "runtimes.toml"
 MODELS = {"kws": "kws_dscnn", "ic": "ic_resnet8", "ad": "ad_autoencoder", "vww": "vww_mobilenet"}
 FEATURES = ("conv_macs", "depthwise_macs", "fc_macs", "output_elements")
 BASE_CORE = "Cortex-M4"
@@ -221,7 +221,7 @@ def write_toml(model: dict, loo: list[dict], rows: list[dict], path: Path = OUT)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("tinyprune-out/anchors"))
-    ap.add_argument("--write", action="store_true", help="regenerate tinyprune/targets/runtimes.toml")
+    ap.add_argument("--write", action="store_true", help="regenerate targets/runtimes.toml")
     ap.add_argument("--per-kind-core-factors", action="store_true",
                     help="one cycles factor per core and feature instead of one per core (ablation)")
     args = ap.parse_args(argv)

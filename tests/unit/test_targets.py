@@ -36,3 +36,29 @@ def test_missing_key_is_rejected():
     del raw["ram_bytes"]
     with pytest.raises(ConfigError, match="missing key 'ram_bytes'"):
         targets._validate("cortex-m4", raw)
+
+
+def test_target_files_sit_at_the_repo_root_and_ship_in_the_wheel(tmp_path):
+    # The design card puts targets/ beside tinyprune/; a built wheel must still carry every file.
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    files = {p.name for p in (repo / "targets").iterdir() if p.suffix == ".toml"} | {"SCHEMA.md"}
+    assert {f"{n}.toml" for n in targets.names()} <= files and (repo / "targets" / "SCHEMA.md").exists()
+    assert not (repo / "tinyprune" / "targets").exists()
+    src = tmp_path / "src"  # setuptools builds in the source tree: build a copy, not the checkout
+    for name in ("pyproject.toml", "setup.py", "README.md", "tinyprune", "targets"):
+        if (repo / name).is_dir():
+            shutil.copytree(repo / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy(repo / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                    "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next(tmp_path.glob("tinyprune-*.whl"))
+    shipped = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("tinyprune/target_files/")}
+    assert files <= shipped

@@ -84,7 +84,7 @@ _FIELDS = {
 
 
 def _files() -> dict[str, resources.abc.Traversable]:
-    folder = resources.files(__name__)
+    folder = resources.files("tinyprune.target_files")
     # runtimes.toml beside them holds the runtimes' cost models (tinyprune.measure.runtimes)
     return {f.name[: -len(".toml")]: f for f in folder.iterdir() if f.name.endswith(".toml") and f.name != "runtimes.toml"}
 
