@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from tinyprune.deepcompress.magnitude import weight_layers
 from tinyprune.errors import ConfigError, DataError, InputError
+from tinyprune.train import batches
 
 MAX_BITS = 15  # indices are stored as int16 above 8 bits
 
@@ -248,27 +249,25 @@ def finetune_centroids(model: nn.Module, clusters: Sequence[ClusteredLayer], x: 
     y = np.asarray(y)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
     yt = torch.as_tensor(y).long() if y.dtype.kind in "iu" else torch.as_tensor(y, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss() if y.dtype.kind in "iu" else nn.MSELoss()  # float y: regression/reconstruction
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
-        for start in range(0, len(xt), batch_size):
-            idx = order[start:start + batch_size]
-            if len(idx) < 2 and len(xt) > 1:
-                continue  # a batch of one breaks batch-norm statistics
-            layers = current()
-            _write_weights(params, layers)
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            with torch.no_grad():
-                for layer in layers:
-                    grad = params[layer.name].grad
-                    if grad is not None:
-                        codebooks[layer.name] = centroid_step(codebooks[layer.name], grad, layer, lr)
-                for p in others:
-                    if p.grad is not None:
-                        p.sub_(lr * p.grad)
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
+        layers = current()
+        _write_weights(params, layers)
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        with torch.no_grad():
+            for layer in layers:
+                grad = params[layer.name].grad
+                if grad is not None:
+                    codebooks[layer.name] = centroid_step(codebooks[layer.name], grad, layer, lr)
+            for p in others:
+                if p.grad is not None:
+                    p.sub_(lr * p.grad)
+        return loss.item()
+
+    batches(xt, yt, epochs, batch_size, seed, step, model=model)  # plain SGD on the shared values
     model.zero_grad(set_to_none=True)
     result = current()
     _write_weights(params, result)

@@ -56,21 +56,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from tinyprune.config import FinetuneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.prune.groups import PRUNABLE, channel_groups
 from tinyprune.prune.vib_gates import _units, gates_of, insert_gates, remove_gates
-
-Progress = Callable[[int, int, str], None]
-
-
-def _quiet(done: int, total: int, message: str) -> None:
-    pass
+from tinyprune.train import Progress, _quiet, fit
 
 
 @dataclass(frozen=True)
@@ -138,8 +134,6 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
         insert_gates(model, torch.from_numpy(x[:1]), classes, gate_inputs, init_log_sigma2, threshold)
     registry = gates_of(model)
     torch.manual_seed(seed)  # the gate noise
-    gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def snapshot(epoch: int, ce: float | None) -> None:
         with torch.no_grad():
@@ -156,31 +150,21 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
     if gate_lr is None:
         gate_lr = max(1e-2, 20.0 / (steps * epochs))
     registry.gate_lr = gate_lr
-    opt = torch.optim.Adam([{"params": list(model.parameters()), "lr": lr},
-                            {"params": list(registry.parameters()), "lr": gate_lr}])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loss_fn = nn.CrossEntropyLoss()
-    done = 0
     start = registry.history[-1]["epoch"]
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        ce_sum, n_sum = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            if len(idx) < 2 and len(x) > 1:
-                continue  # a batch of one breaks batch-norm statistics
-            opt.zero_grad()
-            ce = loss_fn(model(xt[idx]), yt[idx])
-            loss = ce + gamma * kl_total(model, layer_gamma)
-            loss.backward()
-            opt.step()
-            ce_sum += ce.item() * len(idx)
-            n_sum += len(idx)
-            done += 1
-            progress(done, epochs * steps, f"VIB epoch {epoch + 1}/{epochs} CE {ce.item():.3f}")
-        sched.step()
-        snapshot(start + epoch + 1, ce_sum / max(n_sum, 1))
+    ce = [0.0, 0]  # the epoch's summed CE and samples, for the history
+
+    def on_batch(n: int, loss: float) -> None:
+        ce[0] += loss * n
+        ce[1] += n
+
+    def on_epoch(epoch: int, _model) -> None:
+        snapshot(start + epoch, ce[0] / max(ce[1], 1))
+        ce[:] = [0.0, 0]
+
+    fit(model, x, y, FinetuneConfig(epochs, lr, batch_size), seed, progress, "VIB", on_epoch,
+        extra_loss=lambda m: gamma * kl_total(m, layer_gamma), on_batch=on_batch, loss_name="CE",
+        param_groups=[{"params": list(model.parameters()), "lr": lr},
+                      {"params": list(registry.parameters()), "lr": gate_lr}])
     return model.eval()
 
 
