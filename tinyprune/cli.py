@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from tinyprune import __version__
-from tinyprune.cli_archive import add_archive_options, archive_config, sparsity_arg
+from tinyprune.cli_archive import add_archive_options, archive_config
+from tinyprune.cli_types import sparsity_arg
 from tinyprune.errors import INTERNAL_ERROR_EXIT, ConfigError, TinypruneError
 
 EPILOG = "exit codes: 0 ok, 1 budget exceeded, 2 bad input, 3 export failure, 70 internal error"

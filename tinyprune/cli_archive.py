@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import argparse
 
+from tinyprune.cli_types import at_least, sparsity_arg
 from tinyprune.errors import ConfigError
 
 # argparse dest -> DeepCompressConfig field; a flag given without --archive is refused
 _FIELDS = {"weight_sparsity": "weight_sparsity", "bits": "bits", "layer_sparsity": "overrides",
            "prune_rounds": "prune_rounds", "prune_epochs": "prune_epochs", "centroid_epochs": "centroid_epochs"}
-
-
-def sparsity_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def layer_sparsity_arg(text: str) -> dict[str, float]:
@@ -37,16 +28,6 @@ def layer_sparsity_arg(text: str) -> dict[str, float]:
     return out
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def add_archive_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive", action="store_true",
                    help="also write model.tpz: Deep Compression's storage/OTA archive (weight pruning, "
@@ -56,12 +37,12 @@ def add_archive_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-sparsity", type=layer_sparsity_arg, default=None, metavar="LAYER=F,...",
                    help="--archive: per-layer fractions by module name, e.g. 0=0.34,3=0.88 (the paper's per-layer "
                         "rates); other layers use --weight-sparsity")
-    p.add_argument("--prune-rounds", type=_count, default=None,
+    p.add_argument("--prune-rounds", type=at_least(1), default=None,
                    help="--archive: prune-retrain rounds toward the rates, each removing the same share of what is "
                         "left (default 1; Han et al. prune iteratively)")
-    p.add_argument("--prune-epochs", type=_count, default=None,
+    p.add_argument("--prune-epochs", type=at_least(0), default=None,
                    help="--archive: masked fine-tune epochs per pruning round (default 2)")
-    p.add_argument("--centroid-epochs", type=_count, default=None,
+    p.add_argument("--centroid-epochs", type=at_least(0), default=None,
                    help="--archive: epochs of shared-centroid fine-tune (default 2)")
     p.add_argument("--bits", default=None,
                    help="--archive: shared-weight index bits, one number or per kind, e.g. conv=8,fc=5 "
@@ -82,6 +63,4 @@ def archive_config(args):
     fields = {_FIELDS[dest]: value for dest, value in given.items()}
     fields.setdefault("weight_sparsity", 0.5)
     fields.setdefault("bits", "conv=8,fc=5")
-    if fields.get("prune_rounds") == 0:
-        raise ConfigError("--prune-rounds must be >= 1")
     return DeepCompressConfig(**fields)

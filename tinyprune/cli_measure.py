@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from tinyprune.cli_types import at_least
 from tinyprune.errors import BudgetExceeded, ConfigError, UnsupportedOp
 
 EPILOG = "exit codes: 0 ok, 1 budget exceeded, 2 bad input, 3 export failure or op the target lacks, 70 internal error"
@@ -29,16 +30,6 @@ def _shape(text: str) -> tuple[int, ...]:
     if not dims or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
     return dims
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def add_parsers(subparsers) -> None:
@@ -67,7 +58,7 @@ def add_parsers(subparsers) -> None:
     m.add_argument("--data", type=Path, help="with --int8: .npz whose x calibrates the conversion (default: random)")
     m.add_argument("--no-timing", action="store_true", help="skip the host latency measurements")
     m.add_argument("--no-arena", action="store_true", help="skip the TFLM arena bisection (RAM is then estimated)")
-    m.add_argument("--repeats", type=_positive, default=50, help="timed runs per runtime (default 50)")
+    m.add_argument("--repeats", type=at_least(1), default=50, help="timed runs per runtime (default 50)")
     m.add_argument("--html", type=Path, help="also write a self-contained HTML report of the measurement")
     m.add_argument("--json", action="store_true", help="print the measurement as JSON")
 

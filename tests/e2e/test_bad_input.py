@@ -166,6 +166,8 @@ def test_export_failure_names_the_op_and_leaves_nothing(capsys, tmp_path, cnn_fi
     (["compress", "m.pt", "--archive", "--weight-sparsity", "2"], "must be in [0, 1)"),
     (["measure", "m.tflite", "--input-shape", "0,8,8"], "--input-shape"),
     (["measure", "m.tflite", "--repeats", "0"], "--repeats"),
+    (["compress", "m.pt", "--archive", "--prune-rounds", "0"], "argument --prune-rounds: must be >= 1"),
+    (["compress", "m.pt", "--archive", "--layer-sparsity", "0=1.5"], "argument --layer-sparsity: must be in [0, 1)"),
     (["unpack", "m.tpz"], "--out"),
     (["compress"], "model"),
 ])
@@ -223,7 +225,6 @@ def test_int8_conversion_that_collapses_names_the_layer_and_publishes_nothing(ca
     (["--bits", "4"], "add --archive"),
     (["--weight-sparsity", "0.3"], "add --archive"),
     (["--prune-rounds", "3", "--layer-sparsity", "0=0.9"], "--layer-sparsity, --prune-rounds shape the .tpz archive"),
-    (["--archive", "--prune-rounds", "0"], "--prune-rounds must be >= 1"),
     (["--no-deepcompress", "--archive"], "--no-deepcompress turns weight sharing and the archive off"),
 ])
 def test_bad_budget_and_sharing_options_exit_2_before_loading(capsys, tmp_path, digits_npz, args, needle):
