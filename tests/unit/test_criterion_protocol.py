@@ -41,6 +41,8 @@ def test_flags_follow_from_the_configs():
     ("l1", {"gamma": 1.0}, "--l1-gamma is not an option of --criterion l1 .*belongs to --criterion vib"),
     ("vib", {"epochs": -1}, "--vib-epochs must be >= 0"),
     ("vib", {"gamma": "x"}, "--vib-gamma must be a number"),
+    ("vib", {"layer_gamma": "1,x"}, "--vib-layer-gamma takes numbers separated by commas"),
+    ("vib", {"layer_gamma": "1,-2"}, "--vib-layer-gamma multipliers must be finite and >= 0"),
     ("mi", {"estimator": "histogram"}, "--mi-estimator must be one of kde-binned, kde, binning"),
 ])
 def test_bad_criterion_settings_are_one_line_config_errors(criterion, options, message):
@@ -85,6 +87,23 @@ def _same(a, b):
     (sa, ka, ra), (sb, kb, rb) = a, b
     return ka == kb and ra == rb and sa.keys() == sb.keys() and all(
         sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_vib_layer_gamma_reaches_training_and_a_wrong_count_fails_first(mlp_data):
+    model, splits = mlp_data
+    x, y = splits.x_train[:300], splits.y_train[:300]
+
+    def widths(layer_gamma):
+        cfg = PruneConfig(criterion="vib", sparsity=0.0, options={"gamma": 2e-2, "epochs": 2, "layer_gamma": layer_gamma})
+        res = prune_to_macs(model, cfg, x, y, 10, train=(x, y), seed=0)
+        return [m.out_features for m in res.model.modules() if isinstance(m, torch.nn.Linear)][:-1]
+
+    # the MLP has two gated hidden layers (64, 32): the KL on the second alone thins the second alone
+    spared, thinned = widths("0,0"), widths("0,1")
+    assert spared[0] >= 0.9 * 64 and spared[1] >= 0.9 * 32
+    assert thinned[0] >= 0.9 * 64 and thinned[1] < 0.5 * spared[1]
+    with pytest.raises(ConfigError, match="--vib-layer-gamma gives 3 multipliers for 2 gated layers"):
+        widths("1,1,1")
 
 
 @pytest.mark.parametrize("criterion, options, sparsity", [

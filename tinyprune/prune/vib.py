@@ -111,7 +111,9 @@ def kl_total(model: nn.Module, layer_gamma: Sequence[float] | None = None) -> to
     if layer_gamma is None:
         return torch.stack(terms).sum()
     if len(layer_gamma) != len(terms):
-        raise ConfigError(f"layer_gamma has {len(layer_gamma)} values for {len(terms)} gates")
+        names = ", ".join(w["layer"] + ("" if w["kind"] == "output" else ":inputs") for w in registry.where.values())
+        raise ConfigError(f"--vib-layer-gamma gives {len(layer_gamma)} multipliers for {len(terms)} gated layers "
+                          f"({names}); give one per layer, in that order")
     return sum(float(g) * t for g, t in zip(layer_gamma, terms))
 
 
@@ -133,6 +135,8 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
     if gates_of(model) is None:
         insert_gates(model, torch.from_numpy(x[:1]), classes, gate_inputs, init_log_sigma2, threshold)
     registry = gates_of(model)
+    if layer_gamma is not None:
+        kl_total(model, layer_gamma)  # a wrong count fails here, before any training
     torch.manual_seed(seed)  # the gate noise
 
     def snapshot(epoch: int, ce: float | None) -> None:

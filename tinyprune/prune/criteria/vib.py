@@ -9,9 +9,20 @@ class VibOptions:
     epochs: int = 10  # VIB training epochs
     threshold: float = 0.0  # remove units with log(mu^2/sigma^2) below this (Dai et al. 2018: 0)
     lr: float = 1e-3  # Adam learning rate of the network weights
+    # per gated layer, in layer order, a multiplier of gamma (Dai et al. 2018's code: kl_mult per
+    # layer), e.g. "1,1,0.25"; empty: 1 for every layer
+    layer_gamma: str = ""
+    gate_inputs: bool = False  # also gate the first layer's inputs (the paper's LeNet-300-100 784-300-100 table)
 
     def __post_init__(self):
         from tinyprune.errors import ConfigError
+
+        try:
+            multipliers = tuple(float(v) for v in self.layer_gamma.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"--vib-layer-gamma takes numbers separated by commas, got {self.layer_gamma!r}") from None
+        if any(not m >= 0 or m == float("inf") for m in multipliers):
+            raise ConfigError(f"--vib-layer-gamma multipliers must be finite and >= 0, got {self.layer_gamma!r}")
 
         if not self.gamma >= 0:
             raise ConfigError(f"--vib-gamma must be >= 0, got {self.gamma}")
@@ -34,7 +45,9 @@ class Vib(Criterion):
         from tinyprune.prune.vib import VibConfig, vib_prune
 
         o = self.config
-        cfg = VibConfig(gamma=o.gamma, epochs=o.epochs, threshold=o.threshold, lr=o.lr, seed=ctx.seed)
+        multipliers = tuple(float(v) for v in o.layer_gamma.split(",") if v.strip()) or None
+        cfg = VibConfig(gamma=o.gamma, epochs=o.epochs, threshold=o.threshold, lr=o.lr, seed=ctx.seed,
+                        layer_gamma=multipliers, gate_inputs=o.gate_inputs)
         x, y = ctx.train_data()
         pruned, report = vib_prune(model, x, y, cfg, ctx.classes, ctx.progress)
         self.log_alpha = report["log_alpha"]
