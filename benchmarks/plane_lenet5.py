@@ -1,13 +1,13 @@
-"""Issue 4 benchmark: the information plane of LeNet-5 / MNIST before and after 90 % pruning (seed 004).
+"""The information plane of LeNet-5 / MNIST before and after pruning at several levels (seed 004).
 
 Train LeNet-5 from scratch while recording the plane (the original), then prune the trained
-model to 10 % of its MACs with the ``l1`` criterion and record the plane while fine-tuning it
-(the pruned). Both on the same fixed sample of training images, both estimators (binning,
+model at each level of ``--sparsity`` (default 50, 70 and 90 % of its MACs) with the ``l1``
+criterion and record the plane while fine-tuning each pruned copy. Both on the same fixed sample of training images, both estimators (binning,
 seed 004 / Shwartz-Ziv & Tishby; KDE, Saxe et al., here with the median-heuristic noise).
 Writes benchmarks/plane_lenet5.png (one column per model, one row per estimator) and
 benchmarks/out/plane_lenet5.json.
 
-    nice python -m benchmarks.plane_lenet5 --epochs 5 --samples 1000
+    nice python -m benchmarks.plane_lenet5 --epochs 5 --samples 1000 --sparsity 0.5,0.7,0.9
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def _summary(data: dict, method: str) -> list[list]:
     return rows
 
 
-def _plot(original: dict, pruned: dict, acc0: float, acc1: float, sparsity: float, samples: int):
+def _plot(original: dict, acc0: float, pruned: list[tuple[float, dict, float]], samples: int):
     png = REPO / "benchmarks" / "plane_lenet5.png"
-    plot_plane([(f"original (test acc {acc0:.3f})", original),
-                (f"pruned {sparsity:.0%} MACs, l1 (test acc {acc1:.3f})", pruned)], png,
-               title=f"LeNet-5 / MNIST information plane, N={samples} training images, nats")
+    panels = [(f"original (test acc {acc0:.3f})", original)]
+    panels += [(f"{s:.0%} MACs pruned, l1 (test acc {acc:.3f})", data) for s, data, acc in pruned]
+    plot_plane(panels, png, title=f"LeNet-5 / MNIST information plane, N={samples} training images, nats")
     return png
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="training epochs of the original, fine-tune of the pruned")
     ap.add_argument("--train-samples", type=int, default=60000)
     ap.add_argument("--samples", type=int, default=1000, help="the fixed sample the plane is measured on")
-    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--sparsity", default="0.5,0.7,0.9", help="fractions of MACs removed, one pruned model each")
     ap.add_argument("--bins", type=int, default=30)
     # The library default (0.1, Saxe et al.'s fixed-variance style) puts every trained LeNet-5
     # layer at ln N: the activations spread far beyond sqrt(0.1). The median heuristic scales
@@ -62,8 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.replot:
         saved = json.loads((REPO / "benchmarks" / "out" / "plane_lenet5.json").read_text())
-        _plot(saved["original"], saved["pruned"], saved["test_accuracy"]["original"], saved["test_accuracy"]["pruned"],
-              saved["args"]["sparsity"], saved["args"]["samples"])
+        _plot(saved["original"], saved["test_accuracy"]["original"],
+              [(p["sparsity"], p["plane"], p["test_accuracy"]) for p in saved["pruned"]], saved["args"]["samples"])
         return
     noise = args.noise_var if args.noise_var == "median" else float(args.noise_var)
 
@@ -80,25 +80,28 @@ def main() -> None:
     print(f"# original: test accuracy {acc0:.4f} after {args.epochs} epochs ({time.perf_counter() - t:.0f} s)",
           flush=True)
 
-    t = time.perf_counter()
-    result = prune_to_macs(model, PruneConfig(criterion="l1", sparsity=args.sparsity), xs[:600], ys[:600], 10)
-    acc_p = accuracy(result.model, xte, yte)
-    widths = {l["name"]: (l["channels_before"], l["channels_after"]) for l in result.layers}
-    print(f"# pruned ({args.sparsity:.0%} of MACs, l1): {result.macs_before:,} -> {result.macs_after:,} MACs, "
-          f"widths {widths}, test accuracy before fine-tune {acc_p:.4f}", flush=True)
-    pruned, after = record_during_finetune(result.model, xt, yt, xs, ys, args.epochs, seed=100, **opts)
-    acc1 = accuracy(pruned, xte, yte)
-    print(f"# pruned after {args.epochs} fine-tune epochs: test accuracy {acc1:.4f} "
-          f"({time.perf_counter() - t:.0f} s)", flush=True)
+    levels, runs = [float(v) for v in args.sparsity.split(",")], []
+    for level in levels:
+        t = time.perf_counter()
+        result = prune_to_macs(model, PruneConfig(criterion="l1", sparsity=level), xs[:600], ys[:600], 10)
+        acc_p = accuracy(result.model, xte, yte)
+        widths = {l["name"]: (l["channels_before"], l["channels_after"]) for l in result.layers}
+        print(f"# pruned ({level:.0%} of MACs, l1): {result.macs_before:,} -> {result.macs_after:,} MACs, "
+              f"widths {widths}, test accuracy before fine-tune {acc_p:.4f}", flush=True)
+        pruned, after = record_during_finetune(result.model, xt, yt, xs, ys, args.epochs, seed=100, **opts)
+        acc1 = accuracy(pruned, xte, yte)
+        print(f"# pruned after {args.epochs} fine-tune epochs: test accuracy {acc1:.4f} "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        runs.append({"sparsity": level, "plane": after, "test_accuracy_before_finetune": acc_p, "test_accuracy": acc1,
+                     "macs": [result.macs_before, result.macs_after], "widths": widths,
+                     "seconds": time.perf_counter() - t})
 
-    png = _plot(original, after, acc0, acc1, args.sparsity, args.samples)
+    png = _plot(original, acc0, [(r["sparsity"], r["plane"], r["test_accuracy"]) for r in runs], args.samples)
     out = REPO / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "plane_lenet5.json").write_text(json.dumps(
-        {"original": original, "pruned": after, "test_accuracy": {"original": acc0, "pruned_before_finetune": acc_p,
-                                                                   "pruned": acc1},
-         "macs": [result.macs_before, result.macs_after], "widths": widths, "args": vars(args)}, indent=2) + "\n")
-    for name, data in (("original", original), ("pruned", after)):
+        {"original": original, "pruned": runs, "test_accuracy": {"original": acc0}, "args": vars(args)}, indent=2) + "\n")
+    for name, data in [("original", original)] + [(f"pruned {r['sparsity']:.0%}", r["plane"]) for r in runs]:
         for method in ("binning", "kde"):
             print(f"\n{name}, {method}: I(X;T) / I(T;Y) at epochs 0, {data['epochs'][len(data['epochs']) // 2]}, "
                   f"{data['epochs'][-1]} (ln N = {data['ln_samples']:.2f}, H(Y) = {data['label_entropy']:.2f})")
