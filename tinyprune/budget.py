@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -85,8 +86,9 @@ class ModelBudget:
     kernels: str
     input_shape: tuple[int, ...] | None
     name: str
-    line: int | None = None  # line of the table in the budget file (for CI annotations)
+    line: int | None = None  # line of the table's `path` in the budget file (for CI annotations)
     device: object = None  # the Target, at clock_mhz, predicting latency for runtime when given
+    key_lines: dict = field(default_factory=dict)  # budget key -> its line, so an annotation points at it
 
 
 @dataclass
@@ -98,6 +100,9 @@ class Outcome:
     ok: bool
     text: str  # "300.0 KiB > 256.0 KiB"
     detail: str = ""
+    # time spent producing the value: a model's measurement is charged to its first budget and its
+    # TFLM evaluation to its first quality budget; the others reuse them (0 s), so times add up
+    seconds: float = 0.0
 
 
 @dataclass
@@ -105,8 +110,9 @@ class CheckResult:
     config: Path
     outcomes: list = field(default_factory=list)
     unsupported: dict = field(default_factory=dict)  # model -> [ops]
+    op_seconds: dict = field(default_factory=dict)  # model -> measuring time when it has no budget outcome
     measurements: dict = field(default_factory=dict)
-    lines: dict = field(default_factory=dict)  # model -> line of its table in the budget file
+    lines: dict = field(default_factory=dict)  # model -> {"path": line, budget key: line} in the budget file
 
     @property
     def exceeded(self) -> list:
@@ -223,13 +229,27 @@ def parse_models(config: Path, tables: list[dict]) -> list[ModelBudget]:
         if shape is not None and (not isinstance(shape, list) or not shape or
                                   not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
             raise ConfigError(f"{where}: 'input_shape' must be a list of positive integers, e.g. [1, 28, 28]")
-        line = None
-        m = re.search(r"^\s*path\s*=\s*[\"']" + re.escape(t["path"]) + r"[\"']", text, re.M)
-        if m:
-            line = text.count("\n", 0, m.start()) + 1
+        line, key_lines = _lines(text, t["path"], limits)
         out.append(ModelBudget((config.parent / t["path"]).resolve(), target, limits, data, include_runtime, kernels,
-                               tuple(shape) if shape else None, t.get("name") or t["path"], line, device))
+                               tuple(shape) if shape else None, t.get("name") or t["path"], line, device, key_lines))
     return out
+
+
+def _lines(text: str, path: str, keys) -> tuple[int | None, dict]:
+    """Line of the table's ``path = ...`` and of each budget key inside the same table (1-based)."""
+    m = re.search(r"^\s*path\s*=\s*[\"']" + re.escape(path) + r"[\"']", text, re.M)
+    if not m:
+        return None, {}
+    # the table runs from its header (the last one before `path`) to the next header
+    start = max((h.end() for h in re.finditer(r"^\s*\[", text[:m.start()], re.M)), default=0)
+    nxt = re.search(r"^\s*\[", text[m.end():], re.M)
+    end = m.end() + nxt.start() if nxt else len(text)
+    found = {}
+    for key in keys:
+        k = re.search(r"^\s*" + re.escape(key) + r"\s*=", text[start:end], re.M)
+        if k:
+            found[key] = text.count("\n", 0, start + k.start()) + 1
+    return text.count("\n", 0, m.start()) + 1, found
 
 
 # ------------------------------------------------------------------------------------- accuracy
@@ -303,10 +323,13 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
     for b in budgets:
         if progress:
             progress(f"measuring {b.name}")
+        t0 = time.perf_counter()
         m = measure_file(b.path, b.device, input_shape=b.input_shape, timing=False,
                          find_arena="max_ram" in b.limits)
+        unpaid = time.perf_counter() - t0  # charged to the first outcome of this model
+        first = len(result.outcomes)
         result.measurements[b.name] = m
-        result.lines[b.name] = b.line
+        result.lines[b.name] = {"path": b.line, **b.key_lines}
         t = m["totals"]
         result.unsupported[b.name] = m.get("unsupported_ops") or []
         rt = " + runtime" if b.include_runtime else ""
@@ -345,10 +368,13 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
             else:  # a quality budget: the model run in TFLM on its data, once for all of them
                 if m["format"] != "tflite":
                     raise ConfigError(f"{b.name}: {key} is checked on .tflite models only")
+                spent = 0.0
                 if record is None:
                     if progress:
                         progress(f"evaluating {b.name} on {b.data.name}")
+                    t0 = time.perf_counter()
                     record = tflite_quality(b.path.read_bytes(), b.data, t.get("arena_bytes"))
+                    spent = time.perf_counter() - t0
                 metric = QUALITY[key]
                 if metric not in record:
                     raise ConfigError(f"{b.name}: {key} does not apply to a {record['task']['kind']} model "
@@ -359,9 +385,13 @@ def check_models(budgets: list[ModelBudget], config: Path, progress=None) -> Che
                 cross = (f", LiteRT agrees on {record['agreement_with_litert']:.1%}" if "agreement_with_litert" in record
                          else ", no LiteRT cross-check (TFLM-only ops)")
                 result.outcomes.append(Outcome(b.name, key, value, limit, ok, shown,
-                                               f"TFLM on {record['samples']} samples of {b.data.name}{cross}"))
+                                               f"TFLM on {record['samples']} samples of {b.data.name}{cross}", spent))
                 continue
             result.outcomes.append(Outcome(b.name, key, value, limit, value <= limit, text, detail))
+        if len(result.outcomes) > first:
+            result.outcomes[first].seconds += unpaid
+        else:
+            result.op_seconds[b.name] = unpaid
     return result
 
 
@@ -380,12 +410,18 @@ def run_check(models: list[Path], budget: Path | None, cwd: Path | None = None, 
 
 # ------------------------------------------------------------------------------------- outputs
 
+def _classname(model: str) -> str:
+    """``tinyprune.check.<model>`` with the model's path as one identifier: reporters split
+    class names at dots, and ``model_int8.tflite`` is one model, not a package ``tflite``."""
+    return "tinyprune.check." + (re.sub(r"[^A-Za-z0-9_]+", "_", model).strip("_") or "model")
+
+
 def to_junit(result: CheckResult) -> str:
     """JUnit XML: one test case per (model, budget), plus one per model for the op check."""
     suite = ET.Element("testsuite", name="tinyprune.check")
     cases = failures = 0
     for o in result.outcomes:
-        case = ET.SubElement(suite, "testcase", classname=f"tinyprune.check.{o.model}", name=o.metric, time="0")
+        case = ET.SubElement(suite, "testcase", classname=_classname(o.model), name=o.metric, time=f"{o.seconds:.3f}")
         cases += 1
         if not o.ok:
             failures += 1
@@ -394,17 +430,21 @@ def to_junit(result: CheckResult) -> str:
         elif o.detail:
             ET.SubElement(case, "system-out").text = f"{o.text}. {o.detail}"
     for model, ops in result.unsupported.items():
-        case = ET.SubElement(suite, "testcase", classname=f"tinyprune.check.{model}", name="tflm_ops", time="0")
+        case = ET.SubElement(suite, "testcase", classname=_classname(model), name="tflm_ops",
+                             time=f"{result.op_seconds.get(model, 0.0):.3f}")
         cases += 1
         if ops:
             failures += 1
             f = ET.SubElement(case, "failure", message=f"ops the target runtime lacks: {', '.join(ops)}",
                               type="UnsupportedOp")
             f.text = f"{model}: the target's TFLM runtime has no kernel for {', '.join(ops)}"
+    total = f"{sum(o.seconds for o in result.outcomes) + sum(result.op_seconds.values()):.3f}"
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("errors", "0")
-    root = ET.Element("testsuites", name="tinyprune check", tests=str(cases), failures=str(failures), errors="0")
+    suite.set("time", total)
+    root = ET.Element("testsuites", name="tinyprune check", tests=str(cases), failures=str(failures), errors="0",
+                      time=total)
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -424,13 +464,14 @@ def annotations(result: CheckResult) -> list[str]:
         shown = Path(result.config)
     where = _gh_escape(str(shown), True)
     for o in result.exceeded:
-        line = result.lines.get(o.model)
+        where_in = result.lines.get(o.model) or {}
+        line = where_in.get(o.metric, where_in.get("path"))
         loc = f"file={where}" + (f",line={line}" if line else "")
         lines.append(f"::error {loc},title={_gh_escape('tinyprune budget ' + o.metric, True)}::"
                      + _gh_escape(f"{o.model}: {o.metric} exceeded: {o.text}"))
     for model, ops in result.unsupported.items():
         if ops:
-            line = result.lines.get(model)
+            line = (result.lines.get(model) or {}).get("path")
             loc = f"file={where}" + (f",line={line}" if line else "")
             lines.append(f"::error {loc},title=tinyprune unsupported op::"
                          + _gh_escape(f"{model}: the target's TFLM runtime lacks {', '.join(ops)}"))

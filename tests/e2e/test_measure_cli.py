@@ -77,8 +77,9 @@ def test_check_passes_fails_and_annotates(tmp_path, request):
     bad = cli("check", "--junit", "junit.xml", env={"GITHUB_ACTIONS": "true"}, cwd=project)
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "max_ram" in bad.stderr and "Traceback" not in bad.stderr
-    assert "::error file=tinyprune.toml,line=2,title=tinyprune budget max_ram::" in bad.stdout
+    assert "::error file=tinyprune.toml,line=5,title=tinyprune budget max_ram::" in bad.stdout  # the max_ram line
     root = ET.parse(project / "junit.xml").getroot()
+    assert float(root.find("testsuite/testcase").get("time")) > 0  # the real measurement, charged to the first budget
     failure = root.find("testsuite/testcase[@name='max_ram']/failure")
     assert root.get("failures") == "1" and failure is not None and failure.get("type") == "BudgetExceeded"
 

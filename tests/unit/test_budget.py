@@ -98,13 +98,18 @@ def test_exceeded_budget_exits_1_with_junit_and_annotations(project, fake, capsy
     assert len(err) == 1 and "2 budget(s) exceeded" in err[0] and "max_flash" in err[0] and "max_latency_ms" in err[0]
     notes = [l for l in captured.out.splitlines() if l.startswith("::error ")]
     assert len(notes) == 2
-    assert cfg.exists()  # annotated relative to the working directory, at the table's path line
-    assert notes[0].startswith("::error file=tinyprune.toml,line=4,title=tinyprune budget max_flash::build/m.tflite")
+    assert cfg.exists()  # annotated relative to the working directory, at the exceeded key's line
+    assert notes[0].startswith("::error file=tinyprune.toml,line=6,title=tinyprune budget max_flash::build/m.tflite")
+    assert notes[1].startswith("::error file=tinyprune.toml,line=9,title=tinyprune budget max_latency_ms::")
     root = ET.parse(junit).getroot()
     suite = root.find("testsuite")
     assert suite.get("tests") == "5" and suite.get("failures") == "2"  # 4 budgets + the op check
     failed = {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None}
     assert failed == {"max_flash", "max_latency_ms"}
+    cases = list(suite.iter("testcase"))
+    # one identifier per model (reporters split class names at dots), times that add up to the suite's
+    assert {c.get("classname") for c in cases} == {"tinyprune.check.build_m_tflite"}
+    assert sum(float(c.get("time")) for c in cases) == pytest.approx(float(suite.get("time")), abs=0.01)
 
 
 def test_include_runtime_counts_runtime_code(project, fake, monkeypatch, capsys):

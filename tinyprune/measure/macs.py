@@ -18,9 +18,13 @@ What counts (the same rule on every format, so that the counts can be compared):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn as nn
+
+if TYPE_CHECKING:  # torch only where a PyTorch model is counted: `check` of a .tflite runs without it
+    import torch
+    import torch.nn as nn
 
 
 def count_torch(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -32,6 +36,7 @@ def count_torch(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     two agree once batch norm is folded. Parameters are every parameter of the model (batch-norm
     scales included).
     """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
