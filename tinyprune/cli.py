@@ -16,7 +16,7 @@ from pathlib import Path
 from tinyprune import __version__
 from tinyprune.cli_archive import add_archive_options, archive_config
 from tinyprune.cli_types import sparsity_arg
-from tinyprune.errors import INTERNAL_ERROR_EXIT, ConfigError, TinypruneError
+from tinyprune.errors import INTERNAL_ERROR_EXIT, ConfigError, InputError, TinypruneError
 
 EPILOG = "exit codes: 0 ok, 1 budget exceeded, 2 bad input, 3 export failure, 70 internal error"
 
@@ -534,6 +534,12 @@ def _run(args) -> int:
     return 0
 
 
+# top-level modules of the `compress` extra (pyproject.toml): the light install has none of them
+FULL_INSTALL = {"torch", "torchvision", "tensorflow", "tf_keras", "keras", "onnx", "onnxscript", "onnxruntime",
+                "onnx2tf", "onnx_graphsurgeon", "sng4onnx", "torch_pruning", "sklearn", "bitarray", "psutil",
+                "jsonschema"}
+
+
 def guarded(run, args) -> int:
     """Run a command; every error becomes one line on stderr and its documented exit code."""
     try:
@@ -545,6 +551,12 @@ def guarded(run, args) -> int:
         print("tinyprune: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: one line, unless asked for the traceback
+        missing = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+        if missing in FULL_INSTALL:  # the light install running a pipeline command
+            print(f"tinyprune: error: `{args.command}` needs {missing}, part of the full install: "
+                  "pip install 'tinyprune[compress]' (torch==2.13.0 first, from the CPU index; see README)",
+                  file=sys.stderr)
+            return InputError.exit_code
         if os.environ.get("TINYPRUNE_DEBUG"):
             raise
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
