@@ -136,17 +136,19 @@ def staged_output(out: Path):
 
 def compress(source: ModelSource, cfg: CompressConfig, *, data_path: Path | None = None,
              out_dir: Path | None = None, progress: Progress = _quiet, builtin_data: bool = False,
-             fit=None) -> Report:
+             fit=None, keep_source_as: str | None = None) -> Report:
     """Run the whole pipeline; return the report (also written to ``out_dir``).
 
     ``fit``: a ``tinyprune.fit.FitBudgets``; the MAC reduction is then searched for the most
-    accurate deployed model within those budgets (``cfg.prune.sparsity`` is not used)."""
+    accurate deployed model within those budgets (``cfg.prune.sparsity`` is not used).
+    ``keep_source_as``: also publish the model file itself under this name in ``out_dir`` (the
+    demo's trained model), and name it there in the report."""
     target = targets.configure(targets.load(cfg.target), cfg.runtime, cfg.clock_mhz)  # fail on a bad target before any slow work
     if fit is not None:
         fit.limits(target)  # a target with no room for a model fails before any slow work
     out = Path(out_dir) if out_dir else default_out_dir(source.path)
     with staged_output(out) as tmp:
-        report = _run(source, cfg, target, data_path, builtin_data, tmp, out, progress, fit)
+        report = _run(source, cfg, target, data_path, builtin_data, tmp, out, progress, fit, keep_source_as)
     return report
 
 
@@ -297,7 +299,8 @@ STAGES = (load_stage, prune_finetune_stage, export_stage, share_stage, archive_s
 REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
-def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress, fit=None) -> Report:
+def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, progress, fit=None,
+         keep_source_as: str | None = None) -> Report:
     from tinyprune.report.html import write_html
 
     state = RunState(source, target, tmp, progress, data_path, builtin_data)
@@ -319,11 +322,15 @@ def _run(source, cfg, target, data_path, builtin_data, tmp: Path, out: Path, pro
         state.declare("fit.png")
         # the report states the configuration found; the user's accuracy budget is reported against
         cfg = replace(cfg, prune=replace(cfg.prune, sparsity=chosen["sparsity"]), deepcompress=None)
+    shown = source.path
+    if keep_source_as:  # after the stages: --fit adopts a trial's state and its file list
+        state.write(keep_source_as, Path(source.path).read_bytes())
+        shown = out / keep_source_as
     state.declare(*REPORT_FILES)
     splits = state.splits
     report = Report(
         tool_version=__version__,
-        model={"path": str(source.path), "format": state.loaded.format, "input_shape": [1, *splits.sample_shape],
+        model={"path": str(shown), "format": state.loaded.format, "input_shape": [1, *splits.sample_shape],
                "classes": splits.classes},
         data=splits.summary(),
         target=target.to_dict(),
@@ -478,9 +485,11 @@ def demo(cfg: CompressConfig, out_dir: Path | None = None, progress: Progress = 
     if fit is not None:
         fit.limits(target)
     model = train_demo_model(cfg.seed, progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Kept beside the results so `tinyprune compress` can be tried on it by hand. Only
-    # torch.nn classes: it loads through the safe (weights_only) path like a user's file.
-    path = out.parent / "digits_cnn.pt"
-    torch.save(model, path)
-    return compress(ModelSource(path), cfg, out_dir=out, progress=progress, builtin_data=True, fit=fit)
+    # Published with the results (out/digits_cnn.pt) so `tinyprune compress` can be tried on it by
+    # hand, and nothing outside --out is written. Only torch.nn classes: it loads through the safe
+    # (weights_only) path like a user's file.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "digits_cnn.pt"
+        torch.save(model, path)
+        return compress(ModelSource(path), cfg, out_dir=out, progress=progress, builtin_data=True, fit=fit,
+                        keep_source_as="digits_cnn.pt")
