@@ -45,16 +45,17 @@ PAPER = {
 OUT = REPO / "benchmarks" / "out"
 
 
-def dense_model(name: str, xtr, ytr, epochs: int, seed: int = 0):
+def dense_model(name: str, xtr, ytr, cfg: FinetuneConfig, seed: int = 0):
     """The trained dense model, kept in benchmarks/out so a rerun of the compression skips it."""
-    path = OUT / f"dc_dense_{name}_{epochs}ep_s{seed}.pt"
+    tag = "" if cfg.optimizer == "adam" else f"_sgd{cfg.lr:g}_wd{cfg.weight_decay:g}"
+    path = OUT / f"dc_dense_{name}_{cfg.epochs}ep{tag}_s{seed}.pt"
     model = MODELS[name]()
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval(), 0.0
     torch.manual_seed(seed)
     t = time.perf_counter()
-    fit(model, xtr, ytr, FinetuneConfig(epochs=epochs, lr=1e-3, batch_size=128), seed)
+    fit(model, xtr, ytr, cfg, seed)
     OUT.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model.eval(), time.perf_counter() - t
@@ -64,10 +65,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="lenet_300_100", choices=sorted(PAPER))
     ap.add_argument("--train-epochs", type=int, default=20)
+    ap.add_argument("--train-optimizer", choices=("adam", "sgd"), default="adam",
+                    help="dense training: adam (lr 1e-3) or sgd (Caffe's solver: --train-lr, momentum 0.9, --weight-decay)")
+    ap.add_argument("--train-lr", type=float, default=1e-3)
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="of the pruning rounds")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="L2, dense training and pruning rounds")
     ap.add_argument("--rounds", type=int, default=4, help="prune-retrain rounds")
     ap.add_argument("--round-epochs", type=int, default=4, help="masked fine-tune epochs per round")
     ap.add_argument("--centroid-epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of the pruning rounds")
+    ap.add_argument("--lr", type=float, default=5e-4, help="learning rate of the pruning rounds")
     ap.add_argument("--bits", default=None, help="override the paper's bits")
     ap.add_argument("--tflm-samples", type=int, default=10000)
     ap.add_argument("--tag", default="")
@@ -77,11 +83,14 @@ def main() -> None:
     bits = args.bits or paper["bits"]
     t_all = time.perf_counter()
     xtr, ytr, xte, yte = load_dataset("mnist")
-    base, train_s = dense_model(args.model, xtr, ytr, args.train_epochs)
+    base, train_s = dense_model(args.model, xtr, ytr, FinetuneConfig(
+        epochs=args.train_epochs, lr=args.train_lr, batch_size=128, optimizer=args.train_optimizer,
+        weight_decay=args.weight_decay if args.train_optimizer == "sgd" else 0.0))
     base_err = 100 * (1 - accuracy(base, xte, yte))
     cfg = DeepCompressConfig(weight_sparsity=max(paper["layers"].values()), overrides=paper["layers"], bits=bits,
                              gap_bits=paper["gap_bits"], prune_rounds=args.rounds, prune_epochs=args.round_epochs,
-                             centroid_epochs=args.centroid_epochs, lr=args.lr, batch_size=64, lut_ready=True)
+                             centroid_epochs=args.centroid_epochs, lr=args.lr, batch_size=64, lut_ready=True,
+                             optimizer=args.optimizer, weight_decay=args.weight_decay)
     t = time.perf_counter()
     res = run_deepcompress(base, xtr, ytr, xte, yte, cfg, seed=0)
     stage_s = time.perf_counter() - t
@@ -120,7 +129,8 @@ def main() -> None:
          f"flash {len(int8):,} -> {len(lut.model):,} B", f"bit-exact: {check['bit_exact']}"],
     ]
     print(f"# {args.model}: per-layer rates {paper['layers']}, bits {bits}, gap bits {paper['gap_bits']}; "
-          f"{args.rounds} rounds x {args.round_epochs} epochs (Adam lr {args.lr}), {args.centroid_epochs} centroid "
+          f"dense: {args.train_epochs} epochs {args.train_optimizer} lr {args.train_lr}; {args.rounds} rounds x "
+          f"{args.round_epochs} epochs ({args.optimizer} lr {args.lr}, weight decay {args.weight_decay}), {args.centroid_epochs} centroid "
           f"epochs; training {train_s:.0f} s, Deep Compression stage {stage_s:.0f} s, export+TFLM {export_s:.0f} s, "
           f"wall {wall_s:.0f} s")
     print(markdown_table(["step", "test error % (ours / paper)", "compression vs fp32", "paper"], rows))

@@ -13,7 +13,8 @@ from tinyprune.errors import ConfigError
 
 # argparse dest -> DeepCompressConfig field; a flag given without --archive is refused
 _FIELDS = {"weight_sparsity": "weight_sparsity", "bits": "bits", "layer_sparsity": "overrides",
-           "prune_rounds": "prune_rounds", "prune_epochs": "prune_epochs", "centroid_epochs": "centroid_epochs"}
+           "prune_rounds": "prune_rounds", "prune_epochs": "prune_epochs", "centroid_epochs": "centroid_epochs",
+           "prune_lr": "lr", "prune_optimizer": "optimizer", "prune_weight_decay": "weight_decay"}
 
 
 def layer_sparsity_arg(text: str) -> dict[str, float]:
@@ -42,6 +43,12 @@ def add_archive_options(p: argparse.ArgumentParser) -> None:
                         "left (default 1; Han et al. prune iteratively)")
     p.add_argument("--prune-epochs", type=at_least(0), default=None,
                    help="--archive: masked fine-tune epochs per pruning round (default 2)")
+    p.add_argument("--prune-optimizer", choices=("adam", "sgd"), default=None,
+                   help="--archive: optimizer of the masked fine-tune (default adam; sgd: momentum 0.9, Caffe's solver)")
+    p.add_argument("--prune-lr", type=float, default=None,
+                   help="--archive: learning rate of the masked fine-tune, cosine-annealed per round (default 1e-3)")
+    p.add_argument("--prune-weight-decay", type=float, default=None,
+                   help="--archive: L2 weight decay during the masked fine-tune (default 0)")
     p.add_argument("--centroid-epochs", type=at_least(0), default=None,
                    help="--archive: epochs of shared-centroid fine-tune (default 2)")
     p.add_argument("--bits", default=None,

@@ -53,12 +53,20 @@ class FinetuneConfig:
     epochs: int = 3
     lr: float = 1e-3
     batch_size: int = 64
+    # "adam", or "sgd" with momentum (Caffe's solver, which Deep Compression's LeNets trained with)
+    optimizer: str = "adam"
+    weight_decay: float = 0.0  # L2 penalty (SGD) / Adam's coupled weight decay
+    momentum: float = 0.9  # SGD only
 
     def __post_init__(self):
         if self.epochs < 0:
             raise ConfigError(f"--finetune-epochs must be >= 0, got {self.epochs}")
         if self.lr <= 0 or self.batch_size < 1:
             raise ConfigError("learning rate must be > 0 and batch size >= 1")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if not 0 <= self.weight_decay < 1 or not 0 <= self.momentum < 1:
+            raise ConfigError("weight decay and momentum must be in [0, 1)")
 
 
 @dataclass(frozen=True)

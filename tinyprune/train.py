@@ -56,7 +56,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, see
         extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
         param_groups: list[dict] | None = None,
         on_batch: Callable[[int, float], None] | None = None, loss_name: str = "loss") -> nn.Module:
-    """Train in place with Adam (cosine-annealed) for ``cfg.epochs`` epochs; returns the model in
+    """Train in place with Adam or SGD (``cfg.optimizer``, cosine-annealed) for ``cfg.epochs`` epochs; returns the model in
     eval mode. Integer ``y`` are class labels (cross-entropy); float ``y`` are targets in the
     output's shape (mean squared error: regression, or an autoencoder's input, see tinyprune.task).
 
@@ -69,7 +69,11 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, see
     """
     if cfg.epochs == 0:
         return model
-    opt = torch.optim.Adam(param_groups if param_groups is not None else model.parameters(), lr=cfg.lr)
+    params = param_groups if param_groups is not None else model.parameters()
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     loss_fn = nn.CrossEntropyLoss() if y.dtype.kind in "iu" else nn.MSELoss()
 

@@ -61,7 +61,9 @@ class DeepCompressConfig:
     # each layer, the same fraction of what is left each round, so the final rates are the set ones.
     prune_rounds: int = 1
     centroid_epochs: int = 2  # SGD on the shared values (grouped gradients)
-    lr: float = 1e-3  # Adam learning rate of the pruning fine-tune
+    lr: float = 1e-3  # learning rate of the pruning fine-tune
+    optimizer: str = "adam"  # of the pruning fine-tune: "adam", or "sgd" with momentum 0.9 (Caffe's solver)
+    weight_decay: float = 0.0  # L2 during the pruning fine-tune (Han et al. 2015 prune with L2)
     centroid_lr: float = 1e-3  # SGD learning rate of the centroid fine-tune
     batch_size: int = 64
     # Deep Compression stores pruned weights implicitly, so all 2**b codes go to kept weights
@@ -82,13 +84,15 @@ class DeepCompressConfig:
             raise ConfigError(f"pruning rounds must be >= 1, got {self.prune_rounds}")
         if self.lr <= 0 or self.centroid_lr <= 0 or self.batch_size < 1:
             raise ConfigError("deep compression learning rates must be > 0 and batch size >= 1")
+        FinetuneConfig(lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay)  # its own checks
         # A plain dict copy: the caller's mapping may change later, the config must not.
         object.__setattr__(self, "overrides", {str(k): float(v) for k, v in dict(self.overrides).items()})
 
     def to_dict(self) -> dict:
         return {"weight_sparsity": self.weight_sparsity, "overrides": dict(self.overrides), "bits": self.bits,
                 "gap_bits": self.gap_bits, "prune_epochs": self.prune_epochs, "prune_rounds": self.prune_rounds,
-                "centroid_epochs": self.centroid_epochs, "lr": self.lr, "centroid_lr": self.centroid_lr,
+                "centroid_epochs": self.centroid_epochs, "lr": self.lr, "optimizer": self.optimizer,
+                "weight_decay": self.weight_decay, "centroid_lr": self.centroid_lr,
                 "batch_size": self.batch_size, "lut_ready": self.lut_ready}
 
 
@@ -265,7 +269,8 @@ def _prune_iteratively(model, x_train, y_train, cfg: DeepCompressConfig, seed: i
         label = "prune fine-tune" if cfg.prune_rounds == 1 else f"prune round {r}/{cfg.prune_rounds} fine-tune"
         with keep_masks(model, masks):
             # Each round its own seed, so rounds do not replay the same batch order.
-            fit(model, x_train, y_train, FinetuneConfig(cfg.prune_epochs, cfg.lr, cfg.batch_size), seed + r - 1,
+            fit(model, x_train, y_train, FinetuneConfig(cfg.prune_epochs, cfg.lr, cfg.batch_size, cfg.optimizer,
+                                                        cfg.weight_decay), seed + r - 1,
                 progress, label)
         apply_masks(model, masks)  # the last optimizer step came after the last forward pre-hook
         weights = sum(m.numel() for m in masks.values())
