@@ -27,7 +27,7 @@ import torch.fx as fx
 from benchmarks.common import MODELS, REPO, load_dataset, markdown_table
 from tinyprune.config import FinetuneConfig
 from tinyprune.measure.macs import count_torch
-from tinyprune.prune.skip_units import as_graph, find_units, mspic, remove_units
+from tinyprune.prune.skip_units import as_graph, find_units, mspic, recalibrate_bn, remove_units
 from tinyprune.train import accuracy, fit
 
 OUT = REPO / "benchmarks" / "out"
@@ -75,13 +75,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
     ap.add_argument("--train-epochs", type=int, default=8)
-    ap.add_argument("--stages", type=int, default=3)
-    ap.add_argument("--max-error-increase", type=float, default=0.02,
+    ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--max-error-increase", type=float, default=0.03,
                     help="error a stage's policy may add on the analysis samples before its fine-tune")
     ap.add_argument("--stage-epochs", type=int, default=1, help="fine-tune after each stage")
     ap.add_argument("--final-epochs", type=int, default=2, help="fine-tune after the last stage")
     ap.add_argument("--analysis", type=int, default=2000, help="analysis samples (MI and the policy check)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--random-seeds", type=int, default=1, help="random-removal baselines")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,7 +114,9 @@ def main() -> None:
     results = {"mspic": {"removed": [r["removed"] for r in records], "model": gm, "seconds": mspic_s}}
     for r in records:
         print(f"stage {r['stage']}: MI per unit {dict(zip(r['units'], r['mi']))}; resolution {r['resolution']}, "
-              f"removed {r['removed']} (analysis error {r['base_error']:.3f} -> {r['error']:.3f})", flush=True)
+              f"removed {r['removed']} (analysis error {r['base_error']:.3f} -> {r['error']:.3f}); policies "
+              + "; ".join(f"r={p['resolution']}: {len(p['removed'])} units {p['error']:.3f}" for p in r["policies"]),
+              flush=True)
 
     def by_rule(name: str, choose):
         t = time.perf_counter()
@@ -124,12 +127,13 @@ def main() -> None:
                 continue
             names = choose(g, find_units(g), k, stage)
             removed.append(sorted(names))
-            g = retrain(args.stage_epochs)(remove_units(g, set(names)))
+            # the same mechanics as MSPIC's: branch removed, batch-norm statistics re-estimated, fine-tune
+            g = retrain(args.stage_epochs)(recalibrate_bn(remove_units(g, set(names)), xa))
         fit(g, xtr, ytr, FinetuneConfig(epochs=args.final_epochs, lr=5e-4, batch_size=128), args.seed)
         results[name] = {"removed": removed, "model": g, "seconds": time.perf_counter() - t}
         print(f"{name}: removed {removed}", flush=True)
 
-    for s in (1, 2):
+    for s in range(1, args.random_seeds + 1):
         gen = np.random.default_rng(1000 + s)
         by_rule(f"random (seed {s})", lambda g, units, k, stage, gen=gen:
                 [units[i].node for i in gen.choice(len(units), k, replace=False)])

@@ -5,7 +5,7 @@ import torch.nn as nn
 from tinyprune.config import DataConfig, PruneConfig
 from tinyprune.data import prepare
 from tinyprune.prune import prune_to_macs
-from tinyprune.prune.skip_units import as_graph, cluster_policies, find_units, remove_units
+from tinyprune.prune.skip_units import as_graph, cluster_policies, find_units, recalibrate_bn, remove_units
 from tinyprune.testing import MODELS
 from tinyprune.train import accuracy
 
@@ -61,3 +61,25 @@ def test_mspic_removes_a_unit_and_keeps_accuracy(trained, digits):
     # the stage's error threshold (5 points on the analysis samples) holds before any retraining
     assert units[0]["error"] <= units[0]["base_error"] + 0.05
     assert accuracy(res.model, splits.x_eval, splits.y_eval) > accuracy(model, splits.x_eval, splits.y_eval) - 0.15
+
+
+def test_recalibrated_batch_norms_hold_the_statistics_of_the_pruned_network():
+    # After a branch is removed, each BN's running statistics are those of what now reaches it,
+    # measured over the samples (cumulative average), and no weight moves.
+    torch.manual_seed(0)
+    model = MODELS["dw_residual"]().eval()
+    gm = remove_units(as_graph(model, X[:1]), {find_units(as_graph(model, X[:1]))[0].node})
+    x = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    weights = {k: v.clone() for k, v in gm.state_dict().items() if "running" not in k and "num_batches" not in k}
+    seen = {}
+    bns = [m for m in gm.modules() if isinstance(m, nn.BatchNorm2d)]
+    hooks = [b.register_forward_pre_hook(lambda m, a: seen.setdefault(m, []).append(a[0].detach())) for b in bns]
+    recalibrate_bn(gm, x, batch_size=16)
+    for h in hooks:
+        h.remove()
+    assert not gm.training and bns
+    for b in bns:
+        inputs = torch.cat(seen[b])
+        torch.testing.assert_close(b.running_mean, inputs.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+        assert b.momentum == 0.1  # restored
+    assert all(torch.equal(v, gm.state_dict()[k]) for k, v in weights.items())

@@ -10,8 +10,11 @@ channels. Each stage:
 2. cluster the units by that MI at every resolution r of the resolution vector (1-D single
    linkage: units whose MI values are within r of each other share a cluster);
 3. per resolution, keep each cluster's head (its shallowest unit) and remove the others;
-4. evaluate each policy on the analysis samples (no retraining) and keep the one removing
-   the most units whose error stays under the threshold (base error + ``max_error_increase``);
+4. evaluate each policy on the analysis samples and keep the one removing the most units
+   whose error stays under the threshold (base error + ``max_error_increase``). No weight is
+   retrained for this, but batch-norm statistics are re-estimated on the analysis samples
+   first: a removed branch shifts the statistics every later BN sees, and judged with the stale
+   ones a 2-unit policy on ResNet-20 / Fashion-MNIST scored 62.6 % error against 10.7 %;
 5. fine-tune the smaller network, and go again for the next stage.
 """
 
@@ -33,7 +36,8 @@ _CATS = {torch.cat, torch.ops.aten.cat.default, torch.concat}
 _PASS = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.Identity, nn.Dropout)
 _PASS_FN = {torch.relu, torch.ops.aten.relu.default, torch.ops.aten.max_pool2d.default,
             torch.ops.aten.avg_pool2d.default, torch.nn.functional.relu}
-RESOLUTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+# nats; the finest ones give policies of one or two units, which a stage of a deep net can afford
+RESOLUTIONS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,29 @@ def unit_outputs(gm: fx.GraphModule, units: list[Unit], x: np.ndarray, batch_siz
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+@torch.no_grad()
+def recalibrate_bn(gm: fx.GraphModule, x: np.ndarray, batch_size: int = 256) -> fx.GraphModule:
+    """Re-estimate every batch norm's running mean and variance on ``x`` (in place; no weight changes).
+
+    The cumulative average over all batches (momentum None), so the result does not depend on
+    the order of a few batches; returns ``gm`` in eval mode.
+    """
+    bns = [m for m in gm.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return gm.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    gm.train()
+    for i in range(0, len(x), batch_size):
+        if len(x[i:i + batch_size]) > 1:
+            gm(torch.from_numpy(x[i:i + batch_size]))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    return gm.eval()
+
+
 def cluster_policies(mi: list[float], resolutions=RESOLUTIONS) -> list[tuple[float, set[int]]]:
     """Per resolution, the unit positions to remove: all but the shallowest of each MI cluster."""
     order = np.argsort(mi)
@@ -238,19 +265,23 @@ def mspic(model: nn.Module, x: np.ndarray, y: np.ndarray, *, stages: int = 2, ma
         # H(Y) there, the median heuristic keeps units apart (see tinyprune.information.kde).
         mi = [estimate_mi(outs[u.node], y, method=method, sigma="median") for u in units]
         base_err = 1 - accuracy(gm, x, y)
-        best = None
+        best, policies, tried = None, [], {}
         for r, removed in cluster_policies(mi):
             names = {units[i].node for i in removed}
             if not names:
                 continue
-            err = 1 - accuracy(remove_units(gm, names), x, y)
+            key = frozenset(names)
+            if key not in tried:  # resolutions often give the same policy: evaluate it once
+                tried[key] = 1 - accuracy(recalibrate_bn(remove_units(gm, names), x), x, y)
+            err = tried[key]
+            policies.append({"resolution": r, "removed": sorted(names), "error": err})
             if err <= base_err + max_error_increase and (best is None or len(names) > len(best[1])):
                 best = (r, names, err)
         record = {"stage": stage, "units": [u.node for u in units], "kinds": [u.kind for u in units],
-                  "mi": [round(float(v), 5) for v in mi], "base_error": base_err,
+                  "mi": [round(float(v), 5) for v in mi], "base_error": base_err, "policies": policies,
                   "resolution": None, "removed": [], "error": base_err}
         if best is not None:
-            gm = remove_units(gm, best[1])
+            gm = recalibrate_bn(remove_units(gm, best[1]), x)
             record.update(resolution=best[0], removed=sorted(best[1]), error=best[2])
             if retrain is not None:
                 gm = retrain(gm)
