@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -40,6 +39,11 @@ def main() -> None:
     ap.add_argument("--model", default="lenet_300_100", choices=["lenet_300_100", "lenet5"])
     ap.add_argument("--gamma", default="2e-3", help="comma-separated VIB gammas")
     ap.add_argument("--train-epochs", type=int, default=8)
+    ap.add_argument("--train-optimizer", choices=("adam", "sgd"), default="adam",
+                    help="base training: adam (--lr) or sgd (Caffe's solver: --train-lr, momentum 0.9, --weight-decay)")
+    ap.add_argument("--train-lr", type=float, default=0.05, help="sgd base training learning rate")
+    ap.add_argument("--weight-decay", type=float, default=5e-4, help="sgd base training L2")
+    ap.add_argument("--layer-gamma", default="", help="per gated layer multipliers of gamma, e.g. 1,1,0.5")
     ap.add_argument("--vib-epochs", type=int, default=10)
     ap.add_argument("--gate-lr", type=float, default=None, help="default: auto (1e-2 on MNIST)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -48,13 +52,15 @@ def main() -> None:
     ap.add_argument("--no-input-gates", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     xtr, ytr, xte, yte = load_dataset("mnist")
     out = REPO / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / f"vib_base_{args.model}_e{args.train_epochs}_s{args.seed}.pt"
+    tag = "" if args.train_optimizer == "adam" else f"_sgd{args.train_lr:g}_wd{args.weight_decay:g}"
+    cache = out / f"vib_base_{args.model}_e{args.train_epochs}{tag}_s{args.seed}.pt"
     torch.manual_seed(args.seed)
     t = time.perf_counter()
     if cache.exists():
@@ -62,8 +68,10 @@ def main() -> None:
         base.load_state_dict(torch.load(cache))
         base.eval()
     else:
-        base = fit(MODELS[args.model](), xtr, ytr, FinetuneConfig(epochs=args.train_epochs, lr=args.lr,
-                                                                  batch_size=128), seed=args.seed)
+        sgd = args.train_optimizer == "sgd"
+        base = fit(MODELS[args.model](), xtr, ytr, FinetuneConfig(
+            epochs=args.train_epochs, lr=args.train_lr if sgd else args.lr, batch_size=128,
+            optimizer=args.train_optimizer, weight_decay=args.weight_decay if sgd else 0.0), seed=args.seed)
         torch.save(base.state_dict(), cache)
     base_err = 1 - accuracy(base, xte, yte)
     print(f"# {args.model} on MNIST: base test error {base_err:.2%} ({time.perf_counter() - t:.0f} s)", flush=True)
@@ -74,9 +82,10 @@ def main() -> None:
                         for m in base.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][:-1])
     rows.append(["base", widths0, f"{base_err:.2%}", "-", "-", "-", "-"])
     for gamma in [float(g) for g in args.gamma.split(",")]:
+        layer_gamma = tuple(float(v) for v in args.layer_gamma.split(",") if v.strip()) or None
         cfg = VibConfig(gamma=gamma, epochs=args.vib_epochs, lr=args.lr, gate_lr=args.gate_lr,
                         threshold=args.threshold, batch_size=100, gate_inputs=not args.no_input_gates,
-                        seed=args.seed)
+                        seed=args.seed, layer_gamma=layer_gamma)
         t = time.perf_counter()
         pruned, report = vib_prune(base, xtr, ytr, cfg, classes=10)
         secs = time.perf_counter() - t
@@ -110,7 +119,7 @@ def main() -> None:
     print(markdown_table(["model", "units kept (inputs-hidden...)", "test error",
                           f"after {args.finetune_epochs} fine-tune epochs", "params after / before",
                           "MACs (dense) after / before", "VIB s"], rows))
-    (out / f"vib_{args.model}.json").write_text(json.dumps(
+    (out / f"vib_{args.model}{args.tag}.json").write_text(json.dumps(
         {"model": args.model, "base_test_error": base_err, "train_epochs": args.train_epochs, "runs": runs},
         indent=2) + "\n")
 
