@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from tinyprune import __version__
@@ -301,6 +302,48 @@ class _Bar:
             self.progress.stop()
             self.progress = None
 
+    abort = close
+
+
+STARTED, FINISHED = "tinyprune: started ", "tinyprune: finished "  # the stage lines' prefixes
+
+
+class _StageLines:
+    """Progress when stderr is not a terminal (CI logs): one line when a step starts, one when it
+    ends with its seconds, instead of a redrawn bar. A step is the progress message up to its
+    first number ("fine-tune epoch 2/3 loss 0.41" belongs to "fine-tune")."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.current = None
+        self.started = 0.0
+
+    @staticmethod
+    def _step(message: str) -> str:
+        import re
+
+        return re.split(r"\s+(?:epoch\s+|at\s+)?[\d(]", message, maxsplit=1)[0].strip() or message
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.enabled:
+            return
+        step = self._step(message)
+        if step != self.current:
+            self.close()
+            self.current, self.started = step, time.perf_counter()
+            print(f"{STARTED}{step}", file=sys.stderr, flush=True)
+        if done >= total:
+            self.close()
+
+    def close(self):
+        if self.current is not None:
+            print(f"{FINISHED}{self.current} in {time.perf_counter() - self.started:.1f} s", file=sys.stderr,
+                  flush=True)
+            self.current = None
+
+    def abort(self):
+        self.current = None  # the error line that follows says what happened
+
 
 def _print_report(report) -> None:
     from rich.console import Console
@@ -308,13 +351,16 @@ def _print_report(report) -> None:
 
     from tinyprune.report import summary_rows
     from tinyprune.export.verify import OPTIMIZED_AGREEMENT_GOAL
-    from tinyprune.report.render import header, headline, score_label
+    from tinyprune.report.render import HEADER, header, headline, score_label
 
     t = Table(title=f"tinyprune: {Path(report.model['path']).name} -> {report.target['name']}")
-    for h in header(report):
-        t.add_column(h, justify="left" if h == "stage" else "right")
+    # 80 columns: the nonzero count and the seconds are in report.md / report.html and the stage lines
+    keep = [i for i, h in enumerate(HEADER) if h not in ("nonzero", "seconds")]
+    names = header(report)
+    for i in keep:
+        t.add_column(names[i], justify="left" if names[i] == "stage" else "right")
     for row in summary_rows(report):
-        t.add_row(*row)
+        t.add_row(*(row[i] for i in keep))
     console = Console()
     console.print(t)
     for line in headline(report):
@@ -514,7 +560,8 @@ def _run(args) -> int:
         return cli_sweep.run(args, _config)
 
     quiet = args.quiet or args.json
-    bar = _Bar(enabled=not quiet and sys.stderr.isatty())
+    tty = sys.stderr.isatty()
+    bar = _Bar(enabled=not quiet and tty) if tty else _StageLines(enabled=not quiet)
     cfg = _config(args)
     fit = _fit_budgets(args)
     try:
@@ -525,6 +572,9 @@ def _run(args) -> int:
                 raise ConfigError("--trust-code and --arch exclude each other")
             source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)
             report = api.compress(source, cfg, data_path=args.data, out_dir=args.out, progress=bar, fit=fit)
+    except BaseException:
+        bar.abort()
+        raise
     finally:
         bar.close()
     if args.json:

@@ -78,8 +78,10 @@ def export_stage(state: RunState, cfg: CompressConfig):
     except Exception as exc:
         raise ExportError(f"saving the pruned model with torch.export failed: {str(exc).splitlines()[0][:200]}") from None
     state.declare("model_pruned.pt2")
+    state.progress(0, 3, "int8 conversion: ONNX, onnx2tf")
     conv = to_int8(tuned, state, cfg, tmp)
     state.declare("model.onnx")
+    state.progress(1, 3, "TFLM check: arena, per-layer fidelity, held-out accuracy")
     int8_bytes = conv.int8
     io = tflite.io_details(int8_bytes)
     missing = unsupported_tflite_ops(int8_bytes, target)
@@ -106,6 +108,9 @@ def export_stage(state: RunState, cfg: CompressConfig):
         state.write(name, text)
     state.int8 = {"bytes": int8_bytes, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena,
                   "accuracy": device["score"]}
+    state.progress(2, 3, "measuring the int8 model")
+    measured = measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx")
+    state.progress(3, 3, "measuring the int8 model")
     return state, StageRecord(
         "int8", counted["params"], counted["macs"], device["score"], time.perf_counter() - t,
         flash_bytes=len(int8_bytes), arena_bytes=arena, nonzero_params=counted.get("nonzero_params"),
@@ -117,7 +122,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
             "tflm": device,
             "fidelity": fidelity,
             "ops": counted["layers"],
-            "measure": measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx"),
+            "measure": measured,
         },
     )
 

@@ -8,7 +8,7 @@ import torch
 
 from tinyprune.deepcompress.archive import read_archive
 from tinyprune.api import MANIFEST
-from tinyprune.cli import main
+from tinyprune.cli import FINISHED, STARTED, main
 from tinyprune.export.micro import tflm_outputs
 from tinyprune.export.tflite import io_details, quantize, to_device_layout
 
@@ -215,7 +215,8 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
     if criterion == "vib":
         assert removed >= 0.4  # VIB may remove more than asked: the target is a floor
         assert pruned["details"]["prepared"]["config"]["seed"] == 3  # --seed reached VIB
-        assert report["config"]["prune"]["options"] == {"gamma": 0.01, "epochs": 2, "threshold": 0.0, "lr": 1e-3}
+        assert report["config"]["prune"]["options"] == {"gamma": 0.01, "epochs": 2, "threshold": 0.0, "lr": 1e-3,
+                                                         "layer_gamma": "", "gate_inputs": False}
     elif criterion == "mipp":  # MIPP meets the target in its own step (its cost model, its fill)
         assert 0.4 <= removed <= 0.45, removed
         assert pruned["details"]["mipp"]["layers"]
@@ -298,8 +299,26 @@ def test_fit_that_nothing_meets_exits_1_with_the_misses_and_writes_nothing(tmp_p
     out = tmp_path / "out"
     code = main(["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--out", str(out), "--fit",
                  "--max-flash", "1KiB", "--finetune-epochs", "0", "--no-deepcompress"])
-    err = capsys.readouterr().err.strip().splitlines()
+    # the trials' stage lines (no terminal), then the one error line
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith((STARTED, FINISHED))]
     assert code == 1
     assert len(err) == 1 and err[0].startswith("tinyprune: error: nothing fits cortex-m4: the closest, 90% of the MACs")
     assert "flash bytes" in err[0] and "> 1,024 B" in err[0]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+@pytest.mark.slow
+def test_stage_lines_without_a_terminal(tmp_path, trained, digits_npz, capsys):
+    # CI logs: one line when a step starts and one when it ends, with its seconds; --quiet: none
+    torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
+    argv = ["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--finetune-epochs", "1",
+            "--no-deepcompress"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    started = [l[len(STARTED):] for l in err if l.startswith(STARTED)]
+    finished = [l[len(FINISHED):] for l in err if l.startswith(FINISHED)]
+    assert started[:2] == ["fine-tune", "int8 conversion: ONNX, onnx2tf"] and len(err) == 2 * len(started)
+    assert [f.rsplit(" in ", 1)[0] for f in finished] == started
+    assert all(f.endswith(" s") and float(f.rsplit(" in ", 1)[1][:-2]) >= 0 for f in finished)
+    assert main([*argv, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
