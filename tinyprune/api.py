@@ -219,14 +219,21 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
     t = time.perf_counter()
     splits = state.splits
     x_info, y_info = analysis_set(splits)
+    labels = None
+    if splits.task.kind != "classify":  # label-MI criteria: information about the quantized target
+        from tinyprune.task import information_labels
+
+        labels = information_labels(splits.task.kind, x_info, y_info)
     pruned = prune_to_macs(state.source_model, prune_cfg, x_info, y_info, splits.classes,
                            retrain=lambda m, label: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed,
                                                         state.progress, label),
                            train=(splits.x_train, splits.y_train), progress=state.progress, seed=cfg.seed,
-                           cache_dir=cfg.cache_dir)
+                           cache_dir=cfg.cache_dir, labels=labels)
     state.pruned, state.model = pruned, pruned.model
-    state.layers = _layer_records(pruned.source, pruned, x_info, y_info, prune_cfg.criterion, cfg.cache_dir,
-                                  with_mi=splits.task.kind == "classify")
+    # MI per layer in the report: classifiers, and any task pruned by mi (the same cached analysis)
+    state.layers = _layer_records(pruned.source, pruned, x_info, y_info if labels is None else labels,
+                                  prune_cfg.criterion, cfg.cache_dir,
+                                  with_mi=splits.task.kind == "classify" or prune_cfg.criterion == "mi")
     score, quality = held_out_quality(pruned.model, splits)
     return StageRecord("pruned", pruned.params_after, pruned.macs_after, score, time.perf_counter() - t,
                        nonzero_params=_nonzero(pruned.model), quality=quality,
@@ -389,8 +396,8 @@ def plane(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_
 
 
 def _layer_records(model, pruned, x, y, criterion: str, cache_dir=None, with_mi: bool = True) -> list[dict]:
-    """Per layer: widths, and the MI with the labels of what was kept and removed (measured on the
-    original model; classifiers only)."""
+    """Per layer: widths, and the MI with the labels ``y`` of what was kept and removed (measured
+    on the original model)."""
     from tinyprune.prune.mi import model_channel_mi
 
     mi = model_channel_mi(model, x, y, cache_dir=cache_dir) if with_mi else {}

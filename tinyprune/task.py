@@ -127,3 +127,45 @@ def targets_for(kind: str, x: np.ndarray, y: np.ndarray | None, outputs: tuple[i
     if not np.isfinite(y).all():
         raise DataError(f"{what}: y contains NaN or infinite values")
     return np.ascontiguousarray(y.reshape(len(y), *outputs))
+
+
+INFORMATION_BINS = 10  # values of the discrete target that label-MI criteria measure information about
+
+
+def information_labels(kind: str, x: np.ndarray, y: np.ndarray, bins: int = INFORMATION_BINS) -> np.ndarray:
+    """A discrete variable carrying what the task's target carries, for criteria that measure
+    I(channel; Y) with a KDE bound over classes (``mi``).
+
+    * classify: the class labels themselves;
+    * regress: a 1-D target cut into ``bins`` equal-frequency bins; a k-dimensional one clustered
+      by k-means on its standardized values;
+    * reconstruct: the target is the input itself, clustered by k-means on the flattened inputs:
+      a channel that carries the input's coarse structure (which cluster it is in) keeps its
+      information, as a class-informative channel does for a classifier. (The bottleneck code
+      would be the other choice; it needs the model split at its bottleneck, the input does not.)
+
+    Deterministic (k-means seeded, sorted bins), so the same data gives the same ranking. Every
+    value holds at least 2 % of the samples (smaller k-means clusters are folded into their
+    nearest neighbour).
+    """
+    if kind == "classify":
+        return np.asarray(y).astype(np.int64)
+    target = np.asarray(x if kind == "reconstruct" else y, dtype=np.float64).reshape(len(x), -1)
+    bins = max(2, min(bins, len(target) // 5))
+    if target.shape[1] == 1:
+        edges = np.unique(np.quantile(target[:, 0], np.linspace(0, 1, bins + 1)[1:-1]))
+        return np.searchsorted(edges, target[:, 0], side="right").astype(np.int64)
+    from sklearn.cluster import KMeans
+
+    scale = target.std(0)
+    z = (target - target.mean(0)) / np.where(scale > 0, scale, 1.0)
+    centers = KMeans(n_clusters=bins, n_init=4, random_state=0).fit(z).cluster_centers_
+    # a cluster of a few outliers is no variable to measure information about (and the KDE bound
+    # needs 2+ samples per value): fold clusters under 2 % of the samples into their neighbours
+    while True:
+        labels = ((z[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+        counts = np.bincount(labels, minlength=len(centers))
+        if len(centers) <= 2 or counts.min() >= max(2, len(z) // 50):
+            break
+        centers = np.delete(centers, counts.argmin(), axis=0)
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)

@@ -87,6 +87,26 @@ def test_a_state_dict_autoencoder_without_labels_and_its_mse_budget(tmp_path, di
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["reconstruct", "regress"])
+def test_mi_measures_information_about_the_task_target_without_classes(tmp_path, digit_tasks, capsys, kind):
+    # reconstruct: which k-means cluster of inputs a sample is in; regress: the target's quantile bin
+    if kind == "reconstruct":
+        model, x, y = _trained("autoencoder", digit_tasks["flat"], digit_tasks["flat"]), digit_tasks["flat"], None
+    else:
+        model, x, y = _trained("regressor", digit_tasks["images"], digit_tasks["centroid"]), digit_tasks["images"], \
+            digit_tasks["centroid"]
+    torch.save(model, tmp_path / "m.pt")
+    np.savez(tmp_path / "d.npz", x=x, **({} if y is None else {"y": y}))
+    report, stages = _compress(tmp_path / "m.pt", tmp_path / "d.npz", tmp_path / "out", capsys, "--criterion", "mi",
+                               "--no-deepcompress", "--finetune-epochs", "1", "--max-accuracy-drop", "100")
+    assert report["data"]["task"]["kind"] == kind and stages["pruned"]["details"]["criterion"] == "mi"
+    measured = [l for l in report["layers"] if "mi_per_channel" in l]
+    assert measured and any(l["removed_channels"] for l in measured)
+    assert sum(l["mi_kept"] for l in measured) > 0
+    assert stages["pruned"]["macs"] < stages["original"]["macs"]
+
+
+@pytest.mark.slow
 def test_a_regression_head_keeps_its_r2_in_int8(tmp_path, digit_tasks, capsys):
     model = _trained("regressor", digit_tasks["images"], digit_tasks["centroid"])
     src = tmp_path / "reg.pt"
@@ -142,8 +162,8 @@ def _bad(tmp_path, capsys, model, arrays, *extra):
      "regression targets and must be [N] or [N, 2]"),
     ("regressor", {"x": np.random.rand(40, 1, 8, 8), "y": np.array(["a"] * 40)}, [],
      "expected integer class labels or float regression targets"),
-    ("autoencoder", {"x": np.random.rand(40, 64)}, ["--criterion", "mi"],
-     "--criterion mi needs class labels (it measures information about them); for --task reconstruct use one of"),
+    ("autoencoder", {"x": np.random.rand(40, 64)}, ["--criterion", "mspic"],
+     "--criterion mspic needs class labels (it measures information about them); for --task reconstruct use one of"),
     ("digits_cnn", {"x": np.random.rand(40, 1, 8, 8), "y": np.arange(40) % 10, "anomaly": np.arange(40) % 2}, [],
      "anomaly labels belong to --task reconstruct"),
 ])

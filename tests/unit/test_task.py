@@ -70,3 +70,20 @@ def test_the_analysis_key_sees_a_graphs_code():
     b.load_state_dict(a.state_dict())
     x = {"x": np.zeros((2, 4), np.float32)}
     assert analysis_key("t", a, x, {}) != analysis_key("t", b, x, {})
+
+
+def test_information_labels_quantize_what_the_target_carries():
+    from tinyprune.task import information_labels
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=500).astype(np.float32)
+    bins = information_labels("regress", np.zeros((500, 1)), y)
+    assert bins.dtype == np.int64 and set(np.unique(bins)) == set(range(10))
+    assert np.bincount(bins).min() >= 45  # equal-frequency bins
+    assert (np.diff(bins[np.argsort(y)]) >= 0).all()  # ordered as y
+    # two well separated groups of inputs: the reconstruct labels split along them, the same each call
+    x = np.concatenate([rng.normal(0, 0.1, (100, 8)), rng.normal(5, 0.1, (100, 8))]).astype(np.float32)
+    first, again = information_labels("reconstruct", x, x, bins=2), information_labels("reconstruct", x, x, bins=2)
+    assert (first == again).all() and len(set(first[:100])) == 1 and set(first[:100]) != set(first[100:])
+    classes = np.arange(20) % 3
+    assert (information_labels("classify", x[:20], classes) == classes).all()

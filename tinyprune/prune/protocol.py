@@ -35,7 +35,7 @@ class Context:
 
     seed: int
     x: Any  # analysis inputs [N, ...] (numpy)
-    y: Any  # their labels [N]
+    y: Any  # their targets [N] (class labels, regression targets, or the input for reconstruction)
     classes: int
     sparsity: float  # fraction of MACs to remove
     x_train: Any = None  # the whole training split, for criteria that train (default: x, y)
@@ -44,6 +44,13 @@ class Context:
     retrain: Callable | None = None
     progress: Callable[[int, int, str], None] | None = None
     cache_dir: Any = None  # where measurements of a model on x are stored for reuse (None: not stored)
+    # a discrete variable for I(channel; Y) on tasks without classes (tinyprune.task.information_labels)
+    labels: Any = None
+
+    @property
+    def info_labels(self):
+        """What label-MI criteria measure information about: ``labels`` when set, else ``y``."""
+        return self.labels if self.labels is not None else self.y
 
     def train_data(self):
         return (self.x_train, self.y_train) if self.x_train is not None else (self.x, self.y)
@@ -109,7 +116,7 @@ def check_task(criterion: str, kind: str) -> None:
     if kind not in get(criterion).tasks:
         able = sorted(n for n, c in CRITERIA.items() if kind in c.tasks and not n.startswith("_"))
         raise ConfigError(f"--criterion {criterion} needs class labels (it measures information about them); "
-                          f"for --task {kind} use one of {', '.join(able)}")
+                          f"for --task {kind} use one of {', '.join(able)}")  # mi: about information_labels
 
 
 def flag(criterion: str, option: str) -> str:

@@ -47,18 +47,19 @@ class PruneResult:
 
 def prune_to_macs(model: nn.Module, cfg: PruneConfig, x_calib: np.ndarray, y_calib: np.ndarray,
                   classes: int, retrain=None, train: tuple[np.ndarray, np.ndarray] | None = None,
-                  progress=None, seed: int = 0, cache_dir=None) -> PruneResult:
+                  progress=None, seed: int = 0, cache_dir=None, labels: np.ndarray | None = None) -> PruneResult:
     """Return a pruned copy of ``model`` with at most (1 - sparsity) of its MACs.
 
     ``x_calib``/``y_calib``: the analysis samples the criterion looks at. ``retrain(model, label)
     -> model`` fine-tunes between a criterion's stages (MSPIC). ``train``: (x, y) for criteria
     that train (vib; default the analysis samples). A criterion's ``prepare`` may remove more
-    than ``sparsity`` asks: the target is a floor.
+    than ``sparsity`` asks: the target is a floor. ``labels``: the discrete variable label-MI
+    criteria measure information about when the task has no classes (default ``y_calib``).
     """
     x_train, y_train = train if train is not None else (None, None)
     ctx = Context(seed=seed, x=x_calib, y=y_calib, classes=classes, sparsity=cfg.sparsity,
                   x_train=x_train, y_train=y_train, retrain=retrain, progress=progress,
-                  cache_dir=cache_dir)
+                  cache_dir=cache_dir, labels=labels)
     return prune(model, cfg, ctx)
 
 

@@ -22,10 +22,12 @@ class Mi(Criterion):
     name = "mi"
     description = "I(channel; label) by the KDE bound, discounted for redundancy; one global ranking"
     Config = MiConfig
-    tasks = ("classify",)
+    # regression and reconstruction: information about the quantized target / the input's clusters
+    # (tinyprune.task.information_labels)
+    tasks = ("classify", "regress", "reconstruct")
     global_ranking = True
 
     def importance(self, model, ctx, step):
         from tinyprune.prune.mi import MIImportance
 
-        return MIImportance(model, ctx.x, ctx.y, method=self.config.estimator, cache_dir=ctx.cache_dir)
+        return MIImportance(model, ctx.x, ctx.info_labels, method=self.config.estimator, cache_dir=ctx.cache_dir)
