@@ -426,8 +426,11 @@ def _needs_labels(splits, command: str) -> None:
 
 
 def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, out_dir: Path | None,
-            builtin_data: bool = False) -> dict:
-    """Per-layer and per-channel MI with the labels; writes mi.json and mi.png to ``out_dir``."""
+            builtin_data: bool = False, mark: bool = True) -> dict:
+    """Per-layer and per-channel MI with the labels; writes mi.json and mi.png to ``out_dir``.
+
+    ``mark``: also run ``cfg.prune`` (criterion, sparsity) on the analysis samples, without
+    fine-tuning, and mark per layer the channels it removes."""
     from tinyprune.prune.mi import model_channel_mi
     from tinyprune.report.plots import plot_channel_mi
 
@@ -436,6 +439,17 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
     _needs_labels(splits, "analyze")
     x, y = analysis_set(splits)
     mi = model_channel_mi(model, x, y, cache_dir=cfg.cache_dir)
+    removed, marked = {}, None
+    if mark:
+        from tinyprune.prune import protocol, prune_to_macs
+
+        protocol.check_task(cfg.prune.criterion, splits.task.kind)
+        pruned = prune_to_macs(model, cfg.prune, x, y, splits.classes, train=(splits.x_train, splits.y_train),
+                               seed=cfg.seed, cache_dir=cfg.cache_dir)
+        removed = {l["name"]: sorted(set(range(l["channels_before"])) - set(pruned.kept.get(l["name"], [])))
+                   for l in pruned.layers}
+        marked = {"criterion": cfg.prune.criterion, "sparsity": cfg.prune.sparsity,
+                  "macs_before": pruned.macs_before, "macs_after": pruned.macs_after}
     layers = []
     for name, v in mi.items():
         order = np.argsort(-v["relevance"])
@@ -446,17 +460,18 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
             "bottom": [[int(c), float(v["relevance"][c])] for c in order[::-1][:5]],
             "relevance": [float(r) for r in v["relevance"]],
             "score": [float(r) for r in v["score"]],
+            **({"removed": removed.get(name, [])} if mark else {}),
         })
     result = {
         "schema_version": 1, "tool_version": __version__, "model": str(source.path), "format": loaded.format,
         "estimator": "kde-binned (Kolchinsky-Tracey upper bound, binned FFT kernel sums), spatial mean per channel, nats",
         "label_entropy": float(_label_entropy(y)), "samples": int(len(x)),
-        "seconds": time.perf_counter() - t, "layers": layers,
+        "seconds": time.perf_counter() - t, "layers": layers, "marked": marked,
     }
     out = Path(out_dir) if out_dir else Path("tinyprune-out") / f"{source.path.stem}-mi"
     with staged_output(out) as tmp:
         (tmp / "mi.json").write_text(json.dumps(result, indent=2) + "\n")
-        plot_channel_mi(layers, result["label_entropy"], tmp / "mi.png")
+        plot_channel_mi(layers, result["label_entropy"], tmp / "mi.png", marked)
         (tmp / "report.json").write_text(json.dumps({"kind": "analyze", "mi": "mi.json"}) + "\n")
     result["out"] = str(out)
     return result

@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")
     ana.add_argument("--out", type=Path, help="output folder (default tinyprune-out/<stem>-mi)")
     ana.add_argument("--seed", type=int, default=0)
+    ana.add_argument("--criterion", default="mi",
+                     help="criterion whose choice mi.png and mi.json mark: the channels it removes at --sparsity "
+                          "(default mi; 'none' marks nothing)")
+    ana.add_argument("--sparsity", type=sparsity_arg, default=0.5, help="fraction of MACs removed (default 0.5)")
     ana.add_argument("--json", action="store_true", help="print mi.json on stdout")
     _cache_flags(ana)
 
@@ -446,6 +450,10 @@ def _print_mi(result: dict) -> None:
                   fmt(l["top"]), fmt(l["bottom"]))
     console = Console()
     console.print(t)
+    marked = result.get("marked")
+    if marked:
+        console.print(f"marked: the channels {marked['criterion']} removes at {marked['sparsity']:.0%} of the MACs "
+                      f"({marked['macs_before']:,} -> {marked['macs_after']:,} MACs)")
     console.print(f"mi.json and mi.png in {result['out']} ({result['seconds']:.1f} s)")
 
 
@@ -543,11 +551,14 @@ def _run(args) -> int:
         return 0
 
     if args.command == "analyze":
-        from tinyprune.config import CompressConfig, DataConfig
+        from tinyprune.config import CompressConfig, DataConfig, PruneConfig
 
-        cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout), cache_dir=_cache_dir(args))
+        marked = args.criterion != "none"
+        prune = PruneConfig(criterion=args.criterion if marked else "l1", sparsity=args.sparsity)  # checks the name
+        cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout), cache_dir=_cache_dir(args),
+                             prune=prune)
         source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)
-        result = api.analyze(source, cfg, args.data, args.out)
+        result = api.analyze(source, cfg, args.data, args.out, mark=marked)
         if args.json:
             print(json.dumps(result, indent=2))
         else:

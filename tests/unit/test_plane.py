@@ -175,3 +175,25 @@ def test_plane_and_analyze_print_their_tables(tmp_path, digits_npz, trained, cap
     assert "plane.json and plane.png in" in capsys.readouterr().out
     assert main(["analyze", str(path), "--data", str(digits_npz), "--out", str(tmp_path / "a")]) == 0
     assert "mi.json and mi.png in" in capsys.readouterr().out
+
+
+def test_analyze_marks_the_channels_the_criterion_removes(tmp_path, digits_npz, trained, capsys):
+    import json
+
+    from tinyprune.cli import main
+
+    path = tmp_path / "mlp.pt"
+    torch.save(trained("mlp"), path)
+    assert main(["analyze", str(path), "--data", str(digits_npz), "--out", str(tmp_path / "a"), "--criterion", "l1",
+                 "--sparsity", "0.5"]) == 0
+    assert "marked: the channels l1 removes at 50% of the MACs" in capsys.readouterr().out
+    result = json.loads((tmp_path / "a" / "mi.json").read_text())
+    assert result["marked"]["criterion"] == "l1" and result["marked"]["macs_after"] <= 0.5 * result["marked"]["macs_before"] + 1
+    layers = {l["name"]: l for l in result["layers"]}
+    # l1 takes the same fraction from each hidden layer (64 -> 37, 32 -> 18 meets half the MACs);
+    # the classifier's outputs stay
+    assert [len(layers[n]["removed"]) for n in ("1", "3", "5")] == [27, 14, 0]
+    assert all(0 <= c < l["channels"] for l in layers.values() for c in l["removed"])
+    assert (tmp_path / "a" / "mi.png").stat().st_size > 0
+    assert main(["analyze", str(path), "--data", str(digits_npz), "--out", str(tmp_path / "b"), "--criterion", "none"]) == 0
+    assert json.loads((tmp_path / "b" / "mi.json").read_text())["marked"] is None
