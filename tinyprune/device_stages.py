@@ -140,8 +140,8 @@ def share_stage(state: RunState, cfg: CompressConfig):
     from pathlib import Path
 
     from tinyprune.deepcompress.deploy import search
-    from tinyprune.export import tflite, verify
-    from tinyprune.export.lut import verify_bit_exact
+    from tinyprune.export import micro, tflite, verify
+    from tinyprune.export.lut import decompression_memory, verify_bit_exact
     from tinyprune.measure.macs import count_tflite
 
     t = time.perf_counter()
@@ -166,13 +166,19 @@ def share_stage(state: RunState, cfg: CompressConfig):
         return state, []
     lut, check = plan.lut, plan.check
     state.write("model_int8_lut.tflite", lut.model)
-    for name, text in firmware_files(lut.model, check["arena_after"], tflite.io_details(lut.model), "model_lut").items():
+    # the decoded weights in a separate RAM region instead of the arena (TFLM's alternate
+    # decompression memory), measured and checked against the outputs without it
+    x_dev = tflite.device_input(lut.model, splits.x_eval[:64])
+    split = decompression_memory(lut.model, x_dev, micro.tflm_outputs(lut.model, x_dev, check["arena_after"]))
+    for name, text in firmware_files(lut.model, check["arena_after"], tflite.io_details(lut.model), "model_lut",
+                                     decompression=split).items():
         state.write(name, text)
     counted = count_tflite(plan.int8)  # the DECODE graph computes the same layers
     return state, StageRecord(
         "int8_lut", counted["params"], counted["macs"], plan.chosen.int8_accuracy, time.perf_counter() - t,
         flash_bytes=len(lut.model), arena_bytes=check["arena_after"], nonzero_params=counted.get("nonzero_params"),
         details={"sharing": plan.to_dict(), "lut": lut.to_dict(), "tflm_check": check,
+                 "decompression_memory": split,
                  "bought": {"flash_bytes": len(lut.model) - len(state.int8["bytes"]),
                             "arena_bytes": check["arena_after"] - state.int8["arena"],
                             "accuracy_points": (plan.chosen.int8_accuracy - state.int8["accuracy"]) * 100},

@@ -151,6 +151,13 @@ def _check_lut(report, stages, out):
     assert compressed and all(t["bits"] <= lut["details"]["sharing"]["bits"] for t in compressed)
     for t in lut["details"]["lut"]["tensors"]:
         assert t["compressed"] or t["reason"]  # every tensor left as is says why
+    # decoded weights in TFLM's alternate decompression memory: a smaller arena, the same outputs,
+    # a region no larger than all decoded weights together (TFLM reuses it), declared in the header
+    split = lut["details"]["decompression_memory"]
+    assert split["bit_exact"] and split["arena_bytes"] < lut["arena_bytes"]
+    assert 0 < split["alt_bytes"] <= split["decoded_bytes"] + 16 * split["decoded_tensors"]
+    header = (out / "model_lut_data.h").read_text()
+    assert f"kDecompressionMemorySize = {split['alt_bytes']};" in header
 
 
 def _check_archive(report, out, tmp_path):

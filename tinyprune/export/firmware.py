@@ -48,8 +48,25 @@ def _dims(values) -> str:
     return "{" + ", ".join(str(int(v)) for v in values) + "}"
 
 
-def firmware_files(model_bytes: bytes, arena_bytes: int, io: dict, prefix: str = "model") -> dict[str, str]:
-    """{file name: text} of ``<prefix>_data.cc``, ``<prefix>_data.h`` and ``<prefix>_ops.h``."""
+def _decompression_lines(split: dict | None) -> str:
+    if not split:
+        return ""
+    return (
+        "// Or give TFLM an alternate decompression memory (the MicroInterpreter's alt_decompression_memory,\n"
+        "// e.g. in a second RAM bank): DECODE then writes the decoded weights there, and the arena shrinks.\n"
+        f"// Measured: {split['arena_bytes']} bytes of arena + {split['alt_bytes']} bytes of decompression memory"
+        f" ({'bit-exact' if split['bit_exact'] else 'NOT bit-exact'} on {split['samples_checked']} samples).\n"
+        f"constexpr unsigned int kDecompressionMemorySize = {split['alt_bytes']};\n"
+        f"constexpr unsigned int kTensorArenaSizeWithDecompressionMemory = {arena_size(split['arena_bytes'])};\n\n"
+    )
+
+
+def firmware_files(model_bytes: bytes, arena_bytes: int, io: dict, prefix: str = "model",
+                   decompression: dict | None = None) -> dict[str, str]:
+    """{file name: text} of ``<prefix>_data.cc``, ``<prefix>_data.h`` and ``<prefix>_ops.h``.
+
+    ``decompression``: a LUT model's measured split with TFLM's alternate decompression memory
+    (tinyprune.export.lut.decompression_memory), declared in the header beside the plain arena."""
     symbol, header_name, ops_name = f"g_{prefix}_data", f"{prefix}_data.h", f"{prefix}_ops.h"
     macro = prefix.upper()
     ops = model_ops(model_bytes)
@@ -65,6 +82,7 @@ def firmware_files(model_bytes: bytes, arena_bytes: int, io: dict, prefix: str =
         f"{ARENA_MARGIN_MIN} bytes) for other TFLM builds.\n"
         f"constexpr unsigned int kArenaMeasured = {arena_bytes};\n"
         f"constexpr unsigned int kTensorArenaSize = {arena_size(arena_bytes)};\n\n"
+        + _decompression_lines(decompression) +
         "// Input: q = round(x / scale) + zero_point, NHWC for images. Output: x = (q - zero_point) * scale.\n"
         f"constexpr int kInputDims[] = {_dims(i['shape'])};\n"
         f"constexpr float kInputScale = {i['scale']:.9g}f;\n"

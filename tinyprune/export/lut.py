@@ -279,3 +279,28 @@ def verify_bit_exact(int8_bytes: bytes, lut_bytes: bytes, x_int8: np.ndarray, wa
         "flash_before": len(int8_bytes),
         "flash_after": len(lut_bytes),
     }, got
+
+
+def decompression_memory(lut_bytes: bytes, x_int8: np.ndarray, want: np.ndarray, samples: int = 64) -> dict | None:
+    """The LUT model with TFLM's alternate decompression memory: DECODE writes the decoded weights
+    into a separate region (another RAM bank, where the board has one) instead of the arena.
+
+    Measured in the real interpreter: the smallest arena given room for every decoded tensor,
+    then the smallest region with which that arena still works, then the outputs on the first
+    ``samples`` samples against ``want`` (the LUT model's outputs without the region). None for
+    a model without DECODE ops."""
+    from tinyprune.export import micro
+    from tinyprune.measure.graph import read_graph
+
+    graph = read_graph(lut_bytes)
+    decoded = [graph.tensors[o] for op in graph.ops if op.op == "TFLM_DECODE" for o in op.outputs if o >= 0]
+    if not decoded:
+        return None
+    upper = sum((t.nbytes + micro.ALIGN - 1) // micro.ALIGN * micro.ALIGN for t in decoded)
+    arena = micro.smallest_arena(lut_bytes, x_int8[:1], alt=upper)
+    alt = micro.smallest_alt(lut_bytes, x_int8[:1], arena, upper)
+    n = min(samples, len(x_int8))
+    got = micro.tflm_outputs(lut_bytes, x_int8[:n], arena, alt=alt)
+    same = got.shape == want[:n].shape and bool((got == want[:n]).all())
+    return {"arena_bytes": int(arena), "alt_bytes": int(alt), "decoded_tensors": len(decoded),
+            "decoded_bytes": int(sum(t.nbytes for t in decoded)), "samples_checked": int(n), "bit_exact": same}

@@ -22,23 +22,28 @@ MAX_ARENA = 64 * 1024 * 1024
 MIN_SAMPLES_PER_WORKER = 100  # below this a second interpreter process costs more than it saves
 
 
-def _run(model: Path, arena: int, inputs: Path, outputs: Path | None = None) -> tuple[bool, str]:
+def _run(model: Path, arena: int, inputs: Path, outputs: Path | None = None, alt: int = 0) -> tuple[bool, str]:
     cmd = [sys.executable, "-m", "tinyprune.export.tflm_worker", str(model), str(arena), str(inputs)]
     if outputs is not None:
         cmd.append(str(outputs))
+    if alt:
+        cmd += ["--alt", str(alt)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
 
 
-def smallest_arena(model_bytes: bytes, sample_int8: np.ndarray) -> int:
-    """Bisect (to 16 bytes) the smallest arena with which one allocate + invoke succeeds."""
+def smallest_arena(model_bytes: bytes, sample_int8: np.ndarray, alt: int = 0) -> int:
+    """Bisect (to 16 bytes) the smallest arena with which one allocate + invoke succeeds.
+
+    ``alt``: bytes of alternate decompression memory given to TFLM beside the arena (LUT models:
+    the decoded weights go there instead of into the arena)."""
     with tempfile.TemporaryDirectory(prefix="tinyprune-tflm-") as tmp:
         model, inputs = Path(tmp) / "model.tflite", Path(tmp) / "x.npy"
         model.write_bytes(model_bytes)
         np.save(inputs, sample_int8[:1])
         lo, hi = 0, 16 * 1024  # lo always fails (or is 0), hi is probed upward until it works
         while True:
-            ok, message = _run(model, hi, inputs)
+            ok, message = _run(model, hi, inputs, alt=alt)
             if ok:
                 break
             lo = hi
@@ -49,14 +54,39 @@ def smallest_arena(model_bytes: bytes, sample_int8: np.ndarray) -> int:
             mid = (lo + hi) // 2 // ALIGN * ALIGN
             if mid <= lo:
                 break
-            if _run(model, mid, inputs)[0]:
+            if _run(model, mid, inputs, alt=alt)[0]:
                 hi = mid
             else:
                 lo = mid
         return hi
 
 
-def tflm_outputs(model_bytes: bytes, x_int8: np.ndarray, arena: int, workers: int | None = None) -> np.ndarray:
+def smallest_alt(model_bytes: bytes, sample_int8: np.ndarray, arena: int, upper: int) -> int:
+    """Bisect (to 16 bytes) the smallest alternate decompression memory with which the model runs
+    in ``arena``; ``upper`` must work. (Measured, not summed: TFLM reuses the region between
+    DECODE outputs, so it needs less than all decoded weights together.)"""
+    with tempfile.TemporaryDirectory(prefix="tinyprune-tflm-") as tmp:
+        model, inputs = Path(tmp) / "model.tflite", Path(tmp) / "x.npy"
+        model.write_bytes(model_bytes)
+        np.save(inputs, sample_int8[:1])
+        ok, message = _run(model, arena, inputs, alt=upper)
+        if not ok:
+            raise ExportError(f"the model does not run in TFLM with a {arena}-byte arena and {upper} bytes of "
+                              f"decompression memory: {message.splitlines()[-1] if message else 'unknown error'}")
+        lo, hi = 0, upper
+        while hi - lo > ALIGN:
+            mid = (lo + hi) // 2 // ALIGN * ALIGN
+            if mid <= lo:
+                break
+            if _run(model, arena, inputs, alt=mid)[0]:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def tflm_outputs(model_bytes: bytes, x_int8: np.ndarray, arena: int, workers: int | None = None,
+                 alt: int = 0) -> np.ndarray:
     """Raw int8 outputs of the TFLM interpreter for each sample of ``x_int8`` (device layout).
 
     The samples are split over ``workers`` interpreter processes (default: one per CPU), since
@@ -72,6 +102,7 @@ def tflm_outputs(model_bytes: bytes, x_int8: np.ndarray, arena: int, workers: in
             inputs, outputs = Path(tmp) / f"x{w}.npy", Path(tmp) / f"y{w}.npy"
             np.save(inputs, x_int8[bounds[w]:bounds[w + 1]])
             cmd = [sys.executable, "-m", "tinyprune.export.tflm_worker", str(model), str(arena), str(inputs), str(outputs)]
+            cmd += ["--alt", str(alt)] if alt else []
             procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), outputs))
         results, failure = [], None
         for proc, outputs in procs:

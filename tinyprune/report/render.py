@@ -57,6 +57,16 @@ def _quality_line(report: Report) -> list[str]:
     return [f"Task {task['kind']}: " + ", ".join(parts) + " (original float -> device)."] if parts else []
 
 
+def _decompression_line(stage) -> list[str]:
+    """A LUT model's other RAM layout: decoded weights in TFLM's alternate decompression memory."""
+    split = stage.details.get("decompression_memory") if stage.details else None
+    if not split or not split.get("bit_exact"):
+        return []
+    return [f"With a separate RAM region for TFLM's alternate decompression memory (`kDecompressionMemorySize`): "
+            f"{split['arena_bytes']:,} B arena + {split['alt_bytes']:,} B for the decoded weights, measured in TFLM "
+            f"(the same outputs on {split['samples_checked']} samples)."]
+
+
 def headline(report: Report) -> list[str]:
     """What a firmware engineer needs first: the file to flash, the arena to reserve, what it uses
     of the target, accuracy float -> device, predicted time and energy, and the verdict."""
@@ -99,6 +109,7 @@ def headline(report: Report) -> list[str]:
         if pred.get("ms") is not None and uj is not None else
         f"{label} {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM).",
         *_quality_line(report),
+        *_decompression_line(stage),
         f"Verdict: {'fits' if fits else 'DOES NOT FIT'} {t['name']}; {metric} "
         f"{'within' if dep['within_accuracy_budget'] else 'OVER'} the {dep['max_accuracy_drop_points']:g}-point budget.",
     ]
