@@ -87,3 +87,23 @@ def test_information_labels_quantize_what_the_target_carries():
     assert (first == again).all() and len(set(first[:100])) == 1 and set(first[:100]) != set(first[100:])
     classes = np.arange(20) % 3
     assert (information_labels("classify", x[:20], classes) == classes).all()
+
+
+@pytest.mark.parametrize("name, shape, kind", [("regressor", (1, 8, 8), "regress"), ("autoencoder", (64,), "reconstruct")])
+def test_mipp_needs_no_labels(name, shape, kind):
+    # MI between adjacent layers: a regression head and an autoencoder prune like a classifier,
+    # their outputs (the regression targets, the reconstruction) whole
+    from tinyprune.config import PruneConfig
+    from tinyprune.prune import prune_to_macs
+    from tinyprune.task import information_labels
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = rng.random((300, *shape), dtype=np.float32)
+    y = x if kind == "reconstruct" else rng.random((300, 2), dtype=np.float32)
+    res = prune_to_macs(model, PruneConfig(criterion="mipp", sparsity=0.5), x, y, None,
+                        labels=information_labels(kind, x, y))
+    assert res.macs_after <= 0.5 * res.macs_before + 1
+    last = res.layers[-1]
+    assert last["channels_after"] == last["channels_before"]

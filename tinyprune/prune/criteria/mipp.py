@@ -19,7 +19,9 @@ class Mipp(Criterion):
     description = ("MIPP (Westphal, Hailes & Musolesi): keep the nodes that preserve I(layer; next layer), TERC from "
                    "the output back; mi channels after it if MACs remain")
     global_ranking = True
-    tasks = ("classify",)
+    # MI between adjacent layers needs no labels; the mi ranking after it uses the task's
+    # information labels (tinyprune.task.information_labels) where there are no classes
+    tasks = ("classify", "regress", "reconstruct")
 
     def prepare(self, model, ctx):
         if ctx.sparsity == 0:
@@ -32,4 +34,4 @@ class Mipp(Criterion):
     def importance(self, model, ctx, step):
         from tinyprune.prune.mi import MIImportance
 
-        return MIImportance(model, ctx.x, ctx.y)
+        return MIImportance(model, ctx.x, ctx.info_labels)
