@@ -187,6 +187,25 @@ MODELS = {"lenet5": lenet5, "lenet5_caffe": lenet5_caffe, "ds_cnn": ds_cnn, "len
           "densenet": DenseNetSmall}
 
 
+def cached_fit(name: str, x: np.ndarray, y: np.ndarray, cfg, seed: int, path: Path) -> tuple[nn.Module, float]:
+    """``MODELS[name]`` trained with ``tinyprune.train.fit`` (torch seeded first), kept at ``path``
+    so a rerun skips the training; returns (model in eval mode, training seconds, 0 when loaded)."""
+    import time
+
+    from tinyprune.train import fit
+
+    model = MODELS[name]()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval(), 0.0
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    fit(model, x, y, cfg, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval(), time.perf_counter() - t
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

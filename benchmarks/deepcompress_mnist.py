@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import MODELS, REPO, load_dataset, markdown_table
+from benchmarks.common import REPO, cached_fit, load_dataset, markdown_table
 from tinyprune.config import FinetuneConfig
 from tinyprune.deepcompress.stage import DeepCompressConfig, run_deepcompress
 from tinyprune.export import tflite
 from tinyprune.export.lut import lut_compress, verify_bit_exact
 from tinyprune.export.onnx import export_onnx
-from tinyprune.train import accuracy, fit, predict
+from tinyprune.train import accuracy, predict
 
 # Han et al. 2016: Table 2 (LeNet-300-100) and Table 3 (LeNet-5), weights removed per layer
 # (module name -> fraction), bits per layer kind, index (gap) bits, errors and the ratio.
@@ -48,17 +48,7 @@ OUT = REPO / "benchmarks" / "out"
 def dense_model(name: str, xtr, ytr, cfg: FinetuneConfig, seed: int = 0):
     """The trained dense model, kept in benchmarks/out so a rerun of the compression skips it."""
     tag = "" if cfg.optimizer == "adam" else f"_sgd{cfg.lr:g}_wd{cfg.weight_decay:g}"
-    path = OUT / f"dc_dense_{name}_{cfg.epochs}ep{tag}_s{seed}.pt"
-    model = MODELS[name]()
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), 0.0
-    torch.manual_seed(seed)
-    t = time.perf_counter()
-    fit(model, xtr, ytr, cfg, seed)
-    OUT.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return model.eval(), time.perf_counter() - t
+    return cached_fit(name, xtr, ytr, cfg, seed, OUT / f"dc_dense_{name}_{cfg.epochs}ep{tag}_s{seed}.pt")
 
 
 def main() -> None:

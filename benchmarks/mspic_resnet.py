@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from benchmarks.common import MODELS, REPO, load_dataset, markdown_table
+from benchmarks.common import REPO, cached_fit, load_dataset, markdown_table
 from tinyprune.config import FinetuneConfig
 from tinyprune.measure.macs import count_torch
 from tinyprune.prune.skip_units import as_graph, find_units, mspic, recalibrate_bn, remove_units
@@ -34,17 +34,8 @@ OUT = REPO / "benchmarks" / "out"
 
 
 def base_model(name: str, xtr, ytr, epochs: int, seed: int):
-    path = OUT / f"mspic_base_{name}_{epochs}ep_s{seed}.pt"
-    model = MODELS[name]()
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), 0.0
-    torch.manual_seed(seed)
-    t = time.perf_counter()
-    fit(model, xtr, ytr, FinetuneConfig(epochs=epochs, lr=2e-3, batch_size=128), seed)
-    OUT.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return model.eval(), time.perf_counter() - t
+    cfg = FinetuneConfig(epochs=epochs, lr=2e-3, batch_size=128)
+    return cached_fit(name, xtr, ytr, cfg, seed, OUT / f"mspic_base_{name}_{epochs}ep_s{seed}.pt")
 
 
 @torch.no_grad()

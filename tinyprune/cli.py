@@ -11,25 +11,15 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from tinyprune import __version__
 from tinyprune.cli_archive import add_archive_options, archive_config
+from tinyprune.cli_progress import progress_display
 from tinyprune.cli_types import sparsity_arg
 from tinyprune.errors import INTERNAL_ERROR_EXIT, ConfigError, InputError, TinypruneError
 
 EPILOG = "exit codes: 0 ok, 1 budget exceeded, 2 bad input, 3 export failure, 70 internal error"
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.lower().replace("x", ",").split(",") if d)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected e.g. 1,28,28, got {text!r}") from None
-    if not dims or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
-    return dims
 
 
 def _cache_flags(p: argparse.ArgumentParser) -> None:
@@ -279,76 +269,6 @@ def _fit_budgets(args):
     return FitBudgets(**sizes, max_latency_ms=args.max_latency_ms, max_energy_uj=args.max_energy_uj)
 
 
-class _Bar:
-    """A rich progress bar on stderr, created on first use."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.progress = None
-        self.task = None
-
-    def __call__(self, done: int, total: int, message: str) -> None:
-        if not self.enabled:
-            return
-        if self.progress is None:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.progress = Progress(console=Console(stderr=True), transient=True)
-            self.progress.start()
-            self.task = self.progress.add_task(message, total=total)
-        self.progress.update(self.task, completed=done, total=total, description=message)
-        if done >= total:
-            self.close()
-
-    def close(self):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    abort = close
-
-
-STARTED, FINISHED = "tinyprune: started ", "tinyprune: finished "  # the stage lines' prefixes
-
-
-class _StageLines:
-    """Progress when stderr is not a terminal (CI logs): one line when a step starts, one when it
-    ends with its seconds, instead of a redrawn bar. A step is the progress message up to its
-    first number ("fine-tune epoch 2/3 loss 0.41" belongs to "fine-tune")."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.current = None
-        self.started = 0.0
-
-    @staticmethod
-    def _step(message: str) -> str:
-        import re
-
-        return re.split(r"\s+(?:epoch\s+|at\s+)?[\d(]", message, maxsplit=1)[0].strip() or message
-
-    def __call__(self, done: int, total: int, message: str) -> None:
-        if not self.enabled:
-            return
-        step = self._step(message)
-        if step != self.current:
-            self.close()
-            self.current, self.started = step, time.perf_counter()
-            print(f"{STARTED}{step}", file=sys.stderr, flush=True)
-        if done >= total:
-            self.close()
-
-    def close(self):
-        if self.current is not None:
-            print(f"{FINISHED}{self.current} in {time.perf_counter() - self.started:.1f} s", file=sys.stderr,
-                  flush=True)
-            self.current = None
-
-    def abort(self):
-        self.current = None  # the error line that follows says what happened
-
-
 def _print_report(report) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -571,8 +491,7 @@ def _run(args) -> int:
         return cli_sweep.run(args, _config)
 
     quiet = args.quiet or args.json
-    tty = sys.stderr.isatty()
-    bar = _Bar(enabled=not quiet and tty) if tty else _StageLines(enabled=not quiet)
+    bar = progress_display(enabled=not quiet)
     cfg = _config(args)
     fit = _fit_budgets(args)
     try:

@@ -1,6 +1,5 @@
 """Every bad input: one line on stderr, a documented exit code, no traceback, no partial output."""
 
-import os
 import subprocess
 import sys
 
@@ -8,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinyprune.cli import FINISHED, STARTED, main
+from tinyprune.cli import main
+from tinyprune.cli_progress import FINISHED, STARTED
 from tinyprune.testing import MODELS
 
 

@@ -8,7 +8,8 @@ import torch
 
 from tinyprune.deepcompress.archive import read_archive
 from tinyprune.api import MANIFEST
-from tinyprune.cli import FINISHED, STARTED, main
+from tinyprune.cli import main
+from tinyprune.cli_progress import FINISHED, STARTED
 from tinyprune.export.micro import tflm_outputs
 from tinyprune.export.tflite import io_details, quantize, to_device_layout
 
