@@ -50,6 +50,12 @@ class Task:
 CLASSIFY = Task("classify")
 
 
+def for_targets(y: np.ndarray) -> Task:
+    """The task whose score fits targets ``y`` alone: classify for integer labels, else regress
+    (R^2 over every output; for an autoencoder's targets, the input, it equals the explained variance)."""
+    return CLASSIFY if np.asarray(y).dtype.kind in "iub" else Task("regress")
+
+
 def metrics(task: Task, outputs: np.ndarray, targets: np.ndarray, anomaly: np.ndarray | None = None) -> dict:
     """The task's metrics of ``outputs`` (float model outputs, [N, ...]) against ``targets``;
     ``score`` is the headline (see the module doc)."""

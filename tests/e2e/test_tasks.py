@@ -162,8 +162,6 @@ def _bad(tmp_path, capsys, model, arrays, *extra):
      "regression targets and must be [N] or [N, 2]"),
     ("regressor", {"x": np.random.rand(40, 1, 8, 8), "y": np.array(["a"] * 40)}, [],
      "expected integer class labels or float regression targets"),
-    ("autoencoder", {"x": np.random.rand(40, 64)}, ["--criterion", "mspic"],
-     "--criterion mspic needs class labels (it measures information about them); for --task reconstruct use one of"),
     ("digits_cnn", {"x": np.random.rand(40, 1, 8, 8), "y": np.arange(40) % 10, "anomaly": np.arange(40) % 2}, [],
      "anomaly labels belong to --task reconstruct"),
 ])

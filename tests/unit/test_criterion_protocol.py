@@ -188,3 +188,21 @@ def test_bnscale_prunes_by_batch_norm_scale_and_refuses_a_model_without_one(mlp_
     gamma = cnn.get_submodule("1").weight.detach().abs()
     kept = result.kept["0"]
     assert min(gamma[kept]) >= max(gamma[[c for c in range(16) if c not in kept]])
+
+
+def test_a_criterion_that_cannot_serve_a_task_names_the_ones_that_can():
+    from tinyprune.prune.protocol import CRITERIA, Criterion, check_task, register
+
+    @register
+    class LabelsOnly(Criterion):
+        name = "labels_only_test"
+        description = "test"
+        tasks = ("classify",)
+
+    try:
+        check_task("labels_only_test", "classify")
+        with pytest.raises(ConfigError, match="--criterion labels_only_test needs class labels .* for --task "
+                                              "reconstruct use one of bnscale, flow, l1, mi, mipp, mspic, random"):
+            check_task("labels_only_test", "reconstruct")
+    finally:
+        del CRITERIA["labels_only_test"]

@@ -107,3 +107,55 @@ def test_mipp_needs_no_labels(name, shape, kind):
     assert res.macs_after <= 0.5 * res.macs_before + 1
     last = res.layers[-1]
     assert last["channels_after"] == last["channels_before"]
+
+
+def _trained_regression(name: str, x: np.ndarray, y: np.ndarray, epochs: int = 4, lr: float = 3e-3) -> nn.Module:
+    from tinyprune.config import FinetuneConfig
+    from tinyprune.train import fit
+
+    torch.manual_seed(0)
+    return fit(MODELS[name](), x, y, FinetuneConfig(epochs=epochs, lr=lr), seed=0).eval()
+
+
+def test_vib_trains_its_gates_on_the_tasks_squared_error(digits):
+    # VIB on a regression head: the loss is the squared error (fit follows float targets) + the KL;
+    # closed gates remove units, the regression outputs stay whole
+    from tinyprune.config import PruneConfig
+    from tinyprune.prune import prune_to_macs
+
+    x = digits.x_train[:600]
+    y = np.eye(10, dtype=np.float32)[digits.y_train[:600]][:, :2] * 2 + 0.1 * x.mean((1, 2, 3))[:, None]
+    model = _trained_regression("regressor", x, y)
+    res = prune_to_macs(model, PruneConfig(criterion="vib", sparsity=0.0, options={"gamma": 5e-3, "epochs": 3}),
+                        x, y, None)
+    prepared = res.record["prepared"]
+    history = prepared["history"]
+    assert history[-1]["kl"] < history[0]["kl"] and history[-1]["ce"] < 1.0  # the squared error, not a CE
+    assert res.macs_after < 0.5 * res.macs_before  # gates closed on the squared-error objective
+    assert prepared["max_abs_diff"] < 1e-4  # the pruned model is the gated one
+    assert res.layers[-1]["channels_after"] == res.layers[-1]["channels_before"] == 2
+
+
+def test_mspic_judges_unit_removal_by_variance_lost_on_float_targets(digits):
+    # a residual net trained to regress one-hot digit codes: MSPIC measures each unit's information
+    # about the quantized target and keeps a removal only while 1 - R^2 rises by at most the limit
+    from tinyprune.prune.skip_units import mspic
+    from tinyprune.task import Task, information_labels
+    from tinyprune.train import score
+
+    model = _trained_regression("dw_residual", digits.x_train, np.eye(10, dtype=np.float32)[digits.y_train],
+                                epochs=10, lr=1e-2)
+    x = digits.x_train[:600]
+    y = np.eye(10, dtype=np.float32)[digits.y_train[:600]]
+    base = score(model, x, y, Task("regress"))
+    assert base > 0.5
+    gm, records = mspic(model, x, y, labels=information_labels("regress", x, y), stages=1, max_error_increase=0.6)
+    rec = records[0]
+    assert rec["base_error"] == pytest.approx(1 - base, abs=1e-6)
+    assert len(rec["mi"]) == 2 and all(0 <= v <= np.log(10) + 1e-6 for v in rec["mi"])
+    for p in rec["policies"]:  # every policy is judged as the fraction of variance it loses
+        assert 0 <= p["error"] <= 10
+    assert rec["removed"] and rec["error"] <= rec["base_error"] + 0.6
+    # the same removal costs more than a tighter limit allows: nothing goes
+    _, strict = mspic(model, x, y, labels=information_labels("regress", x, y), stages=1, max_error_increase=0.2)
+    assert strict[0]["removed"] == [] and strict[0]["policies"]

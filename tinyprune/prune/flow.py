@@ -15,9 +15,19 @@ and divided by the MACs the channel costs (its own filter plus its columns in th
 information lost per MAC saved. The covariances are over samples and spatial positions of the
 consumer's *input* (after activation and pooling), captured in one forward pass over the
 analysis samples; re-measured whenever another 10 % of the channels has gone.
+
+Shares make every layer's information equal, which it is not: a thin first block feeds
+everything after it. With ``sensitivity`` each group's shares are weighted by what thinning it
+costs the model's *output*: before pruning, the group's lowest-ranked channels (the fraction a
+uniform cut to the MAC target would take) are hidden from their consumers, and the divergence
+of the output from the unpruned model's (KL of the class distributions; for real-valued outputs
+the Gaussian 0.5 ln(1 + MSE / variance)) per unit of share hidden becomes the group's weight.
+The ranking is then output information lost per MAC saved, comparable across layers.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -92,15 +102,62 @@ class _Stale(Exception):
     pass
 
 
+def _output_divergence(reference: torch.Tensor, output: torch.Tensor, classify: bool) -> float:
+    """Nats of the model's output lost: KL(p_ref || p) for classes, else Gaussian 0.5 ln(1 + MSE/var)."""
+    if classify:
+        ref = torch.log_softmax(reference.double(), -1)
+        return float((ref.exp() * (ref - torch.log_softmax(output.double(), -1))).sum(-1).mean())
+    mse = float((output.double() - reference.double()).pow(2).mean())
+    return 0.5 * math.log1p(mse / max(float(reference.double().var()), 1e-12))
+
+
+def _forward(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
+                          for i in range(0, len(x), batch_size)])
+
+
+def hidden_channels_divergence(model: nn.Module, x: np.ndarray, group, hide: list[int], reference: torch.Tensor,
+                               classify: bool) -> float:
+    """Output divergence when the group's root channels ``hide`` reach none of their consumers:
+    what removing them does to the output, without removing them (no compensation of biases)."""
+    hidden = set(hide)
+    handles = []
+    for item in group:
+        layer = item.dep.layer
+        if not (isinstance(layer, _LAYERS) and removes_inputs(item.dep)):
+            continue
+        idx = torch.as_tensor([i for i, r in zip(item.idxs, item.root_idxs) if int(r) in hidden], dtype=torch.long)
+        if len(idx) == 0:
+            continue
+        dim = -1 if isinstance(layer, nn.Linear) else 1
+        handles.append(layer.register_forward_pre_hook(
+            lambda _m, inp, idx=idx, dim=dim: (inp[0].index_fill(dim, idx, 0.0),) + tuple(inp[1:])))
+    was_training = model.training
+    model.eval()
+    try:
+        return _output_divergence(reference, _forward(model, x), classify)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 class FlowImportance:
     """torch-pruning importance: signal each channel delivers to its consumers (see module doc)."""
 
     REMEASURE = 0.10
 
     def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True,
-                 cache_dir=None):
+                 cache_dir=None, sensitivity: bool = False, sparsity: float = 0.5, y: np.ndarray | None = None):
         self.model, self.x, self.cache_dir = model, x, cache_dir
         self.conditional, self.per_mac = conditional, per_mac
+        self.sensitivity = sensitivity
+        # the channel fraction a uniform cut to the MAC target takes (MACs fall with its square)
+        self.probe = 1.0 - math.sqrt(max(0.0, 1.0 - sparsity))
+        self.classify = y is not None and np.asarray(y).dtype.kind in "iub"
+        self.weights: dict[str, float] = {}  # root layer -> output nats lost per unit of share hidden
+        self._reference: torch.Tensor | None = None
         self.kept: dict[str, list[int]] | None = None
         self._stats: dict[str, dict] | None = None
         self._channels_then = 0
@@ -130,10 +187,31 @@ class FlowImportance:
             seen = True
         if not seen:
             return None
+        if self.sensitivity:
+            signal = signal * self._weight(group, signal)
         if not self.per_mac:
             return signal
         positions = {m: self._stats[n]["out_positions"] for m, n in names.items() if n in self._stats}
         return signal / group_channel_macs(group, positions).clamp_min(1.0)
+
+    def _weight(self, group, signal: torch.Tensor) -> float:
+        """The group's sensitivity weight, measured the first time the group is scored."""
+        names = {m: n for n, m in self.model.named_modules()}
+        root = names.get(group[0].dep.target.module)
+        if root not in self.weights:
+            if self._reference is None:
+                was_training = self.model.training
+                self.model.eval()
+                self._reference = _forward(self.model, self.x)
+                self.model.train(was_training)
+            k = min(len(signal) - 1, max(1, round(self.probe * len(signal))))
+            hide = torch.argsort(signal)[:k].tolist()
+            share = float(signal[hide].sum() / signal.sum().clamp_min(1e-30))
+            nats = hidden_channels_divergence(self.model, self.x, group, hide, self._reference, self.classify)
+            self.weights[root] = max(nats, 0.0) / max(share, 1e-6)
+        # a group whose thinning costs nothing measurable still ranks its channels among themselves
+        floor = 1e-3 * max(self.weights.values())
+        return max(self.weights[root], floor, 1e-12)
 
     def __call__(self, group) -> torch.Tensor | None:
         names = {m: n for n, m in self.model.named_modules()}

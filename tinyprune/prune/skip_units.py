@@ -249,10 +249,23 @@ def cluster_policies(mi: list[float], resolutions=RESOLUTIONS) -> list[tuple[flo
 
 
 def mspic(model: nn.Module, x: np.ndarray, y: np.ndarray, *, stages: int = 2, max_error_increase: float = 0.05,
-          retrain=None, method: str = "kde") -> tuple[fx.GraphModule, list[dict]]:
-    """Run MSPIC; returns the pruned graph and one record per stage (MI per unit, policy chosen)."""
+          retrain=None, method: str = "kde", labels: np.ndarray | None = None) -> tuple[fx.GraphModule, list[dict]]:
+    """Run MSPIC; returns the pruned graph and one record per stage (MI per unit, policy chosen).
+
+    ``y``: the targets the error is measured on (class labels: 1 - accuracy; float targets, or the
+    input for an autoencoder: 1 - R^2, the fraction of the target's variance not explained).
+    ``labels``: the discrete variable the units' MI is measured about (default ``y``; for
+    regression and reconstruction tinyprune.task.information_labels).
+    """
     from tinyprune.information import estimate_mi
-    from tinyprune.train import accuracy
+    from tinyprune.task import for_targets
+    from tinyprune.train import score
+
+    task = for_targets(y)
+    labels = y if labels is None else labels
+
+    def error(m) -> float:
+        return 1.0 - score(m, x, y, task)
 
     gm = as_graph(model, torch.from_numpy(x[:1]))
     records = []
@@ -263,8 +276,8 @@ def mspic(model: nn.Module, x: np.ndarray, y: np.ndarray, *, stages: int = 2, ma
         outs = unit_outputs(gm, units, x)
         # Unit outputs have tens of channels: Silverman's width saturates the KDE estimate at
         # H(Y) there, the median heuristic keeps units apart (see tinyprune.information.kde).
-        mi = [estimate_mi(outs[u.node], y, method=method, sigma="median") for u in units]
-        base_err = 1 - accuracy(gm, x, y)
+        mi = [estimate_mi(outs[u.node], labels, method=method, sigma="median") for u in units]
+        base_err = error(gm)
         best, policies, tried = None, [], {}
         for r, removed in cluster_policies(mi):
             names = {units[i].node for i in removed}
@@ -272,7 +285,7 @@ def mspic(model: nn.Module, x: np.ndarray, y: np.ndarray, *, stages: int = 2, ma
                 continue
             key = frozenset(names)
             if key not in tried:  # resolutions often give the same policy: evaluate it once
-                tried[key] = 1 - accuracy(recalibrate_bn(remove_units(gm, names), x), x, y)
+                tried[key] = error(recalibrate_bn(remove_units(gm, names), x))
             err = tried[key]
             policies.append({"resolution": r, "removed": sorted(names), "error": err})
             if err <= base_err + max_error_increase and (best is None or len(names) > len(best[1])):

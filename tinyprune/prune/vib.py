@@ -166,7 +166,8 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
         ce[:] = [0.0, 0]
 
     fit(model, x, y, FinetuneConfig(epochs, lr, batch_size), seed, progress, "VIB", on_epoch,
-        extra_loss=lambda m: gamma * kl_total(m, layer_gamma), on_batch=on_batch, loss_name="CE",
+        extra_loss=lambda m: gamma * kl_total(m, layer_gamma), on_batch=on_batch,
+        loss_name="CE" if np.asarray(y).dtype.kind in "iub" else "MSE",  # fit's loss follows the targets
         param_groups=[{"params": list(model.parameters()), "lr": lr},
                       {"params": list(registry.parameters()), "lr": gate_lr}])
     return model.eval()

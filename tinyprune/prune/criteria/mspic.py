@@ -19,9 +19,12 @@ class MspicConfig:
 @register
 class Mspic(Criterion):
     name = "mspic"
-    description = "MSPIC: remove residual/concat units by MI clustering, then mi channels to the target"
+    description = ("MSPIC: remove residual/concat units by MI clustering, then mi channels to the target; "
+                   "max error increase as a fraction (1 - R^2 on regression and reconstruction)")
     Config = MspicConfig
-    tasks = ("classify",)
+    # regression and reconstruction: unit MI about tinyprune.task.information_labels, policies judged
+    # by the fraction of the target's variance lost (1 - R^2) instead of the error rate
+    tasks = ("classify", "regress", "reconstruct")
     global_ranking = True
 
     def prepare(self, model, ctx):
@@ -30,11 +33,11 @@ class Mspic(Criterion):
         from tinyprune.prune.skip_units import mspic
 
         retrain = (lambda m: ctx.retrain(m, "MSPIC stage fine-tune")) if ctx.retrain else None
-        pruned, units = mspic(model, ctx.x, ctx.y, stages=self.config.stages,
+        pruned, units = mspic(model, ctx.x, ctx.y, labels=ctx.info_labels, stages=self.config.stages,
                               max_error_increase=self.config.max_error_increase, retrain=retrain)
         return Step(pruned, {}, {"skip_unit_stages": units})
 
     def importance(self, model, ctx, step):
         from tinyprune.prune.mi import MIImportance
 
-        return MIImportance(model, ctx.x, ctx.y)
+        return MIImportance(model, ctx.x, ctx.info_labels, cache_dir=ctx.cache_dir)

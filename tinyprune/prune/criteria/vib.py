@@ -38,7 +38,8 @@ class Vib(Criterion):
     description = ("VIBNet (Dai et al. 2018): train information-bottleneck gates (--vib-gamma, --vib-epochs), "
                    "remove units with log alpha < --vib-threshold, fold the gates; then lowest log alpha")
     Config = VibOptions
-    tasks = ("classify",)
+    # VIB trains with the task's loss (cross-entropy, or squared error for float targets) plus the KL
+    tasks = ("classify", "regress", "reconstruct")
     global_ranking = True
 
     def prepare(self, model, ctx):
