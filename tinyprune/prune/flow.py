@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from tinyprune.prune.groups import PRUNABLE as _LAYERS
 from tinyprune.prune.groups import forward_with_hooks
-from tinyprune.prune.groups import group_channel_macs, removes_inputs
+from tinyprune.prune.groups import group_channel_macs, removes_inputs, removes_outputs
 
 RIDGE = 1e-3  # relative ridge on the covariance before inverting (constant channels, N < C)
 
@@ -67,12 +67,26 @@ def _input_stats(model: nn.Module, x: np.ndarray, cache_dir=None) -> dict[str, d
             for i, name in enumerate(stored["names"])}
 
 
-def _measure_input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict[str, dict]:
+def _preact_stats(model: nn.Module, x: np.ndarray, cache_dir=None) -> dict[str, torch.Tensor]:
+    """Per batch norm: the covariance of its output channels (the pre-activations)."""
+    from tinyprune.information.cache import cached
+
+    def compute():
+        stats = _measure_input_stats(model, x, types=(nn.modules.batchnorm._BatchNorm,), outputs=True)
+        return {"names": np.array(list(stats), dtype=str)} | {f"cov{i}": e["cov"].numpy()
+                                                                for i, e in enumerate(stats.values())}
+
+    stored = cached("flow-preact-stats", model, {"x": x}, {}, compute, cache_dir)
+    return {str(name): torch.from_numpy(stored[f"cov{i}"]) for i, name in enumerate(stored["names"])}
+
+
+def _measure_input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256, types: tuple = _LAYERS,
+                         outputs: bool = False) -> dict[str, dict]:
     acc: dict[str, dict] = {}
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module, inputs, out):
-        t = inputs[0].detach().double()
+        t = (out if outputs else inputs[0]).detach().double()
         flat = t.reshape(-1, t.shape[-1]) if isinstance(module, nn.Linear) else t.movedim(1, -1).reshape(-1, t.shape[1])
         e = acc.setdefault(names[module], {"n": 0, "s": 0.0, "ss": 0.0})
         e["n"] += flat.shape[0]
@@ -81,7 +95,7 @@ def _measure_input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256)
         e["out_positions"] = 1 if isinstance(module, nn.Linear) else out[0].numel() // out.shape[1]
 
     batches = (torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size))
-    forward_with_hooks(model, batches, hook)
+    forward_with_hooks(model, batches, hook, types)
     for e in acc.values():
         mean = e["s"] / e["n"]
         e["cov"] = e["ss"] / e["n"] - torch.outer(mean, mean)
@@ -149,10 +163,13 @@ class FlowImportance:
     REMEASURE = 0.10
 
     def __init__(self, model: nn.Module, x: np.ndarray, conditional: bool = True, per_mac: bool = True,
-                 cache_dir=None, sensitivity: bool = False, sparsity: float = 0.5, y: np.ndarray | None = None):
+                 cache_dir=None, sensitivity: bool = False, sparsity: float = 0.5, y: np.ndarray | None = None,
+                 point: str = "input"):
         self.model, self.x, self.cache_dir = model, x, cache_dir
         self.conditional, self.per_mac = conditional, per_mac
         self.sensitivity = sensitivity
+        self.point = point
+        self._preact: dict[str, torch.Tensor] = {}
         # the channel fraction a uniform cut to the MAC target takes (MACs fall with its square)
         self.probe = 1.0 - math.sqrt(max(0.0, 1.0 - sparsity))
         self.classify = y is not None and np.asarray(y).dtype.kind in "iub"
@@ -163,14 +180,40 @@ class FlowImportance:
         self._channels_then = 0
         self._measured: dict[str, tuple[list[int], torch.Tensor]] = {}  # root layer -> (ids then, score)
 
+    def _measure(self) -> None:
+        self._stats, self._measured = _input_stats(self.model, self.x, self.cache_dir), {}
+        self._channels_then = self._channels()
+        if self.point == "preact":
+            self._preact = _preact_stats(self.model, self.x, self.cache_dir)
+
     def _channels(self) -> int:
         return sum(m.weight.shape[0] for m in self.model.modules() if isinstance(m, _LAYERS))
 
     def _stale(self) -> bool:
         return self._stats is None or self._channels() <= (1 - self.REMEASURE) * self._channels_then
 
+    def _preact_signal(self, group, names) -> torch.Tensor | None:
+        """Shares of conditional variance at the group's batch-norm outputs (None: no batch norm)."""
+        signal, seen = torch.zeros(len(group[0].idxs), dtype=torch.float64), False
+        for item in group:
+            layer = item.dep.layer
+            if not (isinstance(layer, nn.modules.batchnorm._BatchNorm) and names.get(layer) in self._preact
+                    and removes_outputs(item.dep)):
+                continue
+            cov = self._preact[names[layer]]
+            if cov.shape[0] != layer.num_features:
+                raise _Stale
+            s = conditional_variance(cov, self.conditional)
+            s = s / s.sum().clamp_min(1e-30)
+            signal.index_add_(0, torch.as_tensor(item.root_idxs), s[torch.as_tensor(item.idxs)])
+            seen = True
+        return signal if seen else None
+
     def _score(self, group) -> torch.Tensor | None:
         names = {m: n for n, m in self.model.named_modules()}
+        preact = self._preact_signal(group, names) if self.point == "preact" else None
+        if preact is not None:
+            return self._finish(group, names, preact)
         signal = torch.zeros(len(group[0].idxs), dtype=torch.float64)
         seen = False
         for item in group:
@@ -187,6 +230,9 @@ class FlowImportance:
             seen = True
         if not seen:
             return None
+        return self._finish(group, names, signal)
+
+    def _finish(self, group, names, signal: torch.Tensor) -> torch.Tensor:
         if self.sensitivity:
             signal = signal * self._weight(group, signal)
         if not self.per_mac:
@@ -217,9 +263,7 @@ class FlowImportance:
         names = {m: n for n, m in self.model.named_modules()}
         root_name = names.get(group[0].dep.target.module)
         if self._stale():
-            self._stats = _input_stats(self.model, self.x, self.cache_dir)
-            self._channels_then = self._channels()
-            self._measured = {}
+            self._measure()
         if root_name in self._measured and self.kept is not None and root_name in self.kept:
             ids_then, score = self._measured[root_name]
             pos = {c: i for i, c in enumerate(ids_then)}
@@ -229,8 +273,7 @@ class FlowImportance:
         try:
             score = self._score(group)
         except _Stale:  # a layer changed since the last measurement
-            self._stats, self._measured = _input_stats(self.model, self.x, self.cache_dir), {}
-            self._channels_then = self._channels()
+            self._measure()
             score = self._score(group)
         if score is not None and root_name is not None:
             ids = list(self.kept[root_name]) if self.kept and root_name in self.kept else list(range(len(score)))

@@ -77,10 +77,11 @@ def group_mean(model: nn.Module, group, scores_of):
     return None if total is None else total / count.clamp_min(1)
 
 
-def forward_with_hooks(model: nn.Module, batches, hook) -> None:
+def forward_with_hooks(model: nn.Module, batches, hook, types: tuple = PRUNABLE) -> None:
     """Run ``batches`` (tensors) through ``model`` in eval mode without gradients, with
-    ``hook(module, inputs, output)`` on every prunable layer; the model's mode is restored."""
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
+    ``hook(module, inputs, output)`` on every module of ``types`` (default the prunable layers);
+    the model's mode is restored."""
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
     was_training = model.training
     model.eval()
     try:

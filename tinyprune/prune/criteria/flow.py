@@ -12,12 +12,18 @@ class FlowConfig:
     # "global": one ranking across layers (information per MAC decides each layer's width);
     # "uniform": the same channel ratio in every layer, flow ranking the channels within each
     allocation: str = "global"
+    # where a channel's variance is measured: "input" (what its consumers read, after the
+    # activation) or "preact" (its batch norm's output, before the activation; layers without one
+    # fall back to "input")
+    point: str = "input"
 
     def __post_init__(self):
         from tinyprune.errors import ConfigError
 
         if self.allocation not in ("global", "uniform"):
             raise ConfigError(f"--flow-allocation takes global or uniform, got {self.allocation!r}")
+        if self.point not in ("input", "preact"):
+            raise ConfigError(f"--flow-point takes input or preact, got {self.point!r}")
 
 
 @register
@@ -36,4 +42,4 @@ class Flow(Criterion):
 
         return FlowImportance(model, ctx.x, conditional=self.config.conditional, per_mac=self.config.per_mac,
                               cache_dir=ctx.cache_dir, sensitivity=self.config.sensitivity,
-                              sparsity=ctx.sparsity, y=ctx.y)
+                              sparsity=ctx.sparsity, y=ctx.y, point=self.config.point)
