@@ -13,7 +13,7 @@ from the image; MSE float vs int8 in TFLM.
     python -m benchmarks.ad_bench                                    # about 25 min on 2 cores
     python -m benchmarks.ad_bench --levels 0.5 --criteria l1,flow    # a subset
 
-Writes benchmarks/out/ad_bench.json and prints markdown tables.
+Writes benchmarks/out/ad_bench<tag>.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--no-regression", action="store_true")
     ap.add_argument("--no-sharing", action="store_true", help="int8 only: no weight sharing (the CLI's --no-deepcompress)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (runs side by side)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def main() -> None:
         np.savez(reg_data, x_train=xtr, y_train=cx_tr, x_test=xte, y_test=cx_te)
         rows.append(run("regress_unpruned", reg_path, reg_data, cfg("l1", 0.0)))
         rows.append(run("regress_l1_0.5", reg_path, reg_data, cfg("l1", 0.5)))
-    (REPO / "benchmarks" / "out" / "ad_bench.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (REPO / "benchmarks" / "out" / f"ad_bench{args.tag}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
     ad = [r for r in rows if r["label"].startswith("ad_")]
     print(markdown_table(
