@@ -126,9 +126,14 @@ def test_vib_trains_its_gates_on_the_tasks_squared_error(digits):
     x = digits.x_train[:600]
     y = np.eye(10, dtype=np.float32)[digits.y_train[:600]][:, :2] * 2 + 0.1 * x.mean((1, 2, 3))[:, None]
     model = _trained_regression("regressor", x, y)
-    res = prune_to_macs(model, PruneConfig(criterion="vib", sparsity=0.0, options={"gamma": 5e-3, "epochs": 3}),
+    res = prune_to_macs(model, PruneConfig(criterion="vib", sparsity=0.0, options={"gamma": 5e-2, "epochs": 3}),
                         x, y, None)
     prepared = res.record["prepared"]
+    # gamma counts in nats per sample, as with classes: against the mean squared error it is
+    # gamma * 2 s^2 / D, s^2 the model's squared error before VIB, D = 2 outputs
+    with torch.no_grad():
+        s2 = float(((model(torch.from_numpy(x)) - torch.from_numpy(y)) ** 2).mean())
+    assert prepared["kl_weight"] == pytest.approx(5e-2 * 2 * s2 / 2, rel=1e-3)
     history = prepared["history"]
     assert history[-1]["kl"] < history[0]["kl"] and history[-1]["ce"] < 1.0  # the squared error, not a CE
     assert res.macs_after < 0.5 * res.macs_before  # gates closed on the squared-error objective

@@ -123,6 +123,13 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
               init_log_sigma2: float = -9.0, threshold: float = 0.0, gate_lr: float | None = None) -> nn.Module:
     """Train ``model`` with loss CE + gamma * sum_i layer_gamma_i * KL_i (Adam, cosine schedule).
 
+    For float targets (regression, reconstruction) the loss is the squared error; the KL weight is
+    then taken in the same units as for classes, nats per sample: under a Gaussian likelihood
+    with the model's own residual variance s^2 (its mean squared error before training), the
+    per-sample negative log-likelihood is D * MSE / (2 s^2) for D output values, so gamma
+    applies as gamma * 2 s^2 / D against the mean squared error (``kl_weight`` in the registry).
+    Without it, a 784-wide reconstruction error of 0.02 weighs as little as a few closed gates.
+
     The gates get their own learning rate ``gate_lr``: Adam moves a parameter by about its
     learning rate per step whatever gamma is, and log sigma^2 starts at -9, so at the network's
     rate (1e-3) a unit needs ~9000 steps before its gate can close. ``gate_lr=None``:
@@ -154,6 +161,8 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
     if gate_lr is None:
         gate_lr = max(1e-2, 20.0 / (steps * epochs))
     registry.gate_lr = gate_lr
+    kl_weight = gamma * _nats_per_squared_error(model, x, y)
+    registry.kl_weight = kl_weight
     start = registry.history[-1]["epoch"]
     ce = [0.0, 0]  # the epoch's summed CE and samples, for the history
 
@@ -166,11 +175,23 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
         ce[:] = [0.0, 0]
 
     fit(model, x, y, FinetuneConfig(epochs, lr, batch_size), seed, progress, "VIB", on_epoch,
-        extra_loss=lambda m: gamma * kl_total(m, layer_gamma), on_batch=on_batch,
+        extra_loss=lambda m: kl_weight * kl_total(m, layer_gamma), on_batch=on_batch,
         loss_name="CE" if np.asarray(y).dtype.kind in "iub" else "MSE",  # fit's loss follows the targets
         param_groups=[{"params": list(model.parameters()), "lr": lr},
                       {"params": list(registry.parameters()), "lr": gate_lr}])
     return model.eval()
+
+
+def _nats_per_squared_error(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """1 for class labels; for float targets 2 s^2 / D (see train_vib): what one unit of the mean
+    squared error is worth in nats per sample is D / (2 s^2)."""
+    if np.asarray(y).dtype.kind in "iub":
+        return 1.0
+    n = min(len(x), 2048)
+    pred = _outputs(model, torch.from_numpy(np.ascontiguousarray(x[:n]))).double()
+    target = torch.from_numpy(np.ascontiguousarray(y[:n])).double().reshape(pred.shape)
+    mse = float((pred - target).pow(2).mean())
+    return 2.0 * max(mse, 1e-12) / (pred[0].numel())
 
 
 def gate_stats(model: nn.Module) -> dict[str, dict]:
@@ -328,6 +349,7 @@ def vib_prune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, cfg: V
     stats = gate_stats(model)
     history = list(gates_of(model).history)
     gate_lr = getattr(gates_of(model), "gate_lr", cfg.gate_lr)
+    kl_weight = getattr(gates_of(model), "kl_weight", cfg.gamma)
     xc = torch.from_numpy(x_check if x_check is not None else x_train[:256])
     reference = _outputs(model, xc)
     remove_gates(model)
@@ -355,7 +377,8 @@ def vib_prune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, cfg: V
             inputs = {"layer": name.split(":")[0], "inputs": int(la.size), "inputs_used": int(s["mask"].sum()),
                       "log_alpha": {"min": float(la.min()), "median": float(np.median(la)), "max": float(la.max())}}
     report = {
-        "method": "vib", "config": cfg.to_dict(), "gate_lr": gate_lr, "layers": layers, "inputs": inputs,
+        "method": "vib", "config": cfg.to_dict(), "gate_lr": gate_lr, "kl_weight": kl_weight, "layers": layers,
+        "inputs": inputs,
         "history": history,
         "kept": kept, "log_alpha": {n: v.tolist() for n, v in scores.items()},
         "max_abs_diff": diff, "macs_before": macs0, "macs_after": macs1, "params_before": params0,
