@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from benchmarks.common import ResNet8, load_dataset, markdown_table

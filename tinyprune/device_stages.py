@@ -64,7 +64,7 @@ def export_stage(state: RunState, cfg: CompressConfig):
     import torch
 
     from tinyprune.export import micro, tflite, verify
-    from tinyprune.export.fidelity import compare_layers
+    from tinyprune.export.fidelity import compare_layers, name_layers
     from tinyprune.measure.core import unsupported_tflite_ops
     from tinyprune.measure.macs import count_tflite
 
@@ -107,9 +107,10 @@ def export_stage(state: RunState, cfg: CompressConfig):
     for name, text in firmware_files(int8_bytes, arena, io).items():
         state.write(name, text)
     state.int8 = {"bytes": int8_bytes, "y": splits.y_eval, "tflm_out": tflm_out, "arena": arena,
-                  "accuracy": device["score"]}
+                  "accuracy": device["score"], "fidelity_layers": layers["layers"]}
     state.progress(2, 3, "measuring the int8 model")
-    measured = measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx")
+    measured = name_layers(measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx"), int8_bytes,
+                           layers["layers"])
     state.progress(3, 3, "measuring the int8 model")
     return state, StageRecord(
         "int8", counted["params"], counted["macs"], device["score"], time.perf_counter() - t,
@@ -141,6 +142,7 @@ def share_stage(state: RunState, cfg: CompressConfig):
 
     from tinyprune.deepcompress.deploy import search
     from tinyprune.export import micro, tflite, verify
+    from tinyprune.export.fidelity import name_layers, torch_modules
     from tinyprune.export.lut import decompression_memory, verify_bit_exact
     from tinyprune.measure.macs import count_tflite
 
@@ -156,33 +158,50 @@ def share_stage(state: RunState, cfg: CompressConfig):
         found = verify.task_metrics(lut, lut_out, y, splits.task, splits.anomaly_eval)
         return check, lut_out, found["score"], check["arena_after"]
 
+    def split_layout(lut: bytes, arena: int) -> dict | None:
+        """The decoded weights in a separate RAM region instead of the arena (TFLM's alternate
+        decompression memory), measured and checked against the outputs without it."""
+        x_dev = tflite.device_input(lut, splits.x_eval[:64])
+        return decompression_memory(lut, x_dev, micro.tflm_outputs(lut, x_dev, arena))
+
     plan = search(state.finetuned, cfg.sharing, x_train=splits.x_train, y_train=splits.y_train,
                   x_eval=splits.x_eval, y_eval=splits.y_eval, accuracy_floor=accuracy_floor(state, cfg),
                   task=splits.task, anomaly=splits.anomaly_eval,
                   base_flash=len(state.int8["bytes"]), ram_limit=target.ram_bytes - target.runtime_ram_bytes,
-                  seed=cfg.seed, export=export, evaluate=evaluate, progress=state.progress)
+                  seed=cfg.seed, export=export, evaluate=evaluate, progress=state.progress,
+                  decompression_limit=target.decompression_ram_bytes, split=split_layout)
     state.sharing = plan
     if plan.chosen is None:
         return state, []
     lut, check = plan.lut, plan.check
     state.write("model_int8_lut.tflite", lut.model)
-    # the decoded weights in a separate RAM region instead of the arena (TFLM's alternate
-    # decompression memory), measured and checked against the outputs without it
-    x_dev = tflite.device_input(lut.model, splits.x_eval[:64])
-    split = decompression_memory(lut.model, x_dev, micro.tflm_outputs(lut.model, x_dev, check["arena_after"]))
-    for name, text in firmware_files(lut.model, check["arena_after"], tflite.io_details(lut.model), "model_lut",
+    split = split_layout(lut.model, check["arena_after"])
+    arena = check["arena_after"]
+    if split is not None:
+        # the target keeps the decoded weights in its separate region: the arena is the one without them
+        split["required"] = plan.chosen.decompression_bytes is not None
+        if split["required"]:
+            split["single_arena_bytes"], arena = arena, split["arena_bytes"]
+    for name, text in firmware_files(lut.model, arena, tflite.io_details(lut.model), "model_lut",
                                      decompression=split).items():
         state.write(name, text)
     counted = count_tflite(plan.int8)  # the DECODE graph computes the same layers
+    fidelity = state.int8["fidelity_layers"]
+    lut_details = lut.to_dict()
+    _, weight_layers = torch_modules(plan.int8, fidelity)  # the graph the LUT tensor indices refer to
+    for entry in lut_details["tensors"]:
+        entry["module"] = weight_layers.get(entry["tensor"])
     return state, StageRecord(
         "int8_lut", counted["params"], counted["macs"], plan.chosen.int8_accuracy, time.perf_counter() - t,
-        flash_bytes=len(lut.model), arena_bytes=check["arena_after"], nonzero_params=counted.get("nonzero_params"),
-        details={"sharing": plan.to_dict(), "lut": lut.to_dict(), "tflm_check": check,
+        flash_bytes=len(lut.model), arena_bytes=arena, nonzero_params=counted.get("nonzero_params"),
+        details={"sharing": plan.to_dict(), "lut": lut_details, "tflm_check": check,
                  "decompression_memory": split,
                  "bought": {"flash_bytes": len(lut.model) - len(state.int8["bytes"]),
-                            "arena_bytes": check["arena_after"] - state.int8["arena"],
+                            "arena_bytes": arena - state.int8["arena"],
                             "accuracy_points": (plan.chosen.int8_accuracy - state.int8["accuracy"]) * 100},
-                 "measure": measure(lut.model, state, arena_bytes=check["arena_after"]),
+                 "measure": name_layers(measure(lut.model, state, arena_bytes=arena,
+                                                decompression=split if split and split["required"] else None),
+                                        lut.model, fidelity),
                  "accuracy_measured_on": f"all {check['samples']} held-out samples in TFLM"},
     )
 
@@ -211,6 +230,9 @@ def deployed(state: RunState, cfg: CompressConfig) -> dict:
            "flash_bytes": chosen.flash_bytes, "arena_bytes": chosen.arena_bytes, "accuracy": chosen.accuracy,
            "accuracy_runtime": "tflm", "max_accuracy_drop_points": cfg.max_accuracy_drop,
            "accuracy_drop_points": drop, "within_accuracy_budget": drop <= cfg.max_accuracy_drop + 1e-9}
+    split = chosen.details.get("decompression_memory") if lut else None
+    if split and split.get("required"):  # the decoded weights in the target's separate region, not the arena
+        out["decompression_bytes"] = split["alt_bytes"]
     if state.sharing is not None:
         out["weight_sharing"] = state.sharing.to_dict()
     elif cfg.sharing is None:

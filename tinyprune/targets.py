@@ -36,6 +36,9 @@ class Target:
     pj_per_cycle: float = 0.0
     runtime_flash_bytes: int = 0
     runtime_ram_bytes: int = 0
+    # a RAM region apart from the one that holds the arena (a TCM, a second SRAM bank) where TFLM's
+    # alternate decompression memory can put the decoded weights of a LUT model; 0: none
+    decompression_ram_bytes: int = 0
     tflm_ops: tuple = ()
     tflm_custom_ops: tuple = ()
     calibration: str = ""
@@ -81,6 +84,8 @@ _FIELDS = {
     "tflm_custom_ops": "ops",
     "calibration": str,
 }
+# keys a target file may leave out, with the value they then take
+_OPTIONAL = {"decompression_ram_bytes": ("count", 0)}
 
 
 def _files() -> dict[str, resources.abc.Traversable]:
@@ -134,7 +139,7 @@ def _check(where: str, key: str, kind, value):
 
 def _validate(stem: str, raw: dict, own_file: bool = False) -> Target:
     where = f"target file {stem}.toml"
-    unknown = sorted(set(raw) - set(_FIELDS))
+    unknown = sorted(set(raw) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; see targets/SCHEMA.md")
     values = {}
@@ -142,6 +147,8 @@ def _validate(stem: str, raw: dict, own_file: bool = False) -> Target:
         if key not in raw:
             raise ConfigError(f"{where}: missing key '{key}'; see targets/SCHEMA.md")
         values[key] = _check(where, key, kind, raw[key])
+    for key, (kind, default) in _OPTIONAL.items():
+        values[key] = _check(where, key, kind, raw[key]) if key in raw else default
     if raw["name"] != stem and not own_file:
         raise ConfigError(f"{where}: name '{raw['name']}' does not match the file name")
     return Target(**values)

@@ -1,6 +1,8 @@
 """The whole pipeline through the CLI: real onnx2tf, LiteRT and TFLM, one run per model format."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ from tinyprune.export.micro import tflm_outputs
 from tinyprune.export.tflite import io_details, quantize, to_device_layout
 
 X = torch.rand(1, 1, 8, 8)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_report_parity import missing_from_html  # noqa: E402
 
 
 def _save(model, fmt, path):
@@ -73,7 +78,11 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     md = (out / "report.md").read_text().splitlines()
     assert md[2].startswith(f"**Flash `{deployed['artifact']}`") and "Verdict: fits cortex-m4" in "\n".join(md[:8])
     html = (out / "report.html").read_text()
-    assert html.index("class='headline'") < html.index("<h2>") and f"Flash {deployed['artifact']}" in html
+    assert html.index("class='headline'") < html.index("<h2>")
+    assert f"Flash <code>{deployed['artifact']}</code>" in html
+    # everything report.md says, report.html says too (tests/unit/test_report_parity.py)
+    assert missing_from_html((out / "report.md").read_text(), html) == []
+    _check_module_names(stages)
     if shared:
         _check_lut(report, stages, out)
     if archive:
@@ -104,6 +113,22 @@ def test_compress_end_to_end(tmp_path, trained, digits_npz, capsys, name, fmt, e
     if shared:
         _check_firmware(out, tmp_path, "model_lut", "model_int8_lut.tflite", stages["int8_lut"]["arena_bytes"])
     _check_firmware(out, tmp_path, "model", "model_int8.tflite", int8["arena_bytes"])
+
+
+def _check_module_names(stages):
+    """Every op of the int8 graphs that computes a layer (and every DECODE) carries its PyTorch module name."""
+    fidelity = {e["tensor"]: e["layer"] for e in stages["int8"]["details"]["fidelity"]["layers"]}
+    for name in ("int8", "int8_lut"):
+        if name not in stages:
+            continue
+        rows = stages[name]["details"]["measure"]["layers"]
+        for row in rows:
+            if row["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TFLM_DECODE"):
+                assert row["module"], (name, row["op"], row["name"])
+            if row["name"] in fidelity:
+                assert row["module"] == fidelity[row["name"]]
+    if "int8_lut" in stages:
+        assert all(t["module"] for t in stages["int8_lut"]["details"]["lut"]["tensors"])
 
 
 def _check_firmware(out, tmp_path, prefix, tflite_name, arena):

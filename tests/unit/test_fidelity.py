@@ -250,3 +250,54 @@ def test_a_fit_budget_that_cannot_be_measured_is_missed():
 
     misses = _misses({"flash_bytes": 100, "latency_ms": None}, {"flash_bytes": 200, "latency_ms": 5.0})
     assert list(misses) == ["latency_ms"] and misses["latency_ms"]["value"] is None
+
+
+def _graph_with_a_decode() -> bytes:
+    """DECODE -> CONV_2D -> RESHAPE -> FULLY_CONNECTED, built in code: the conv reads a decoded weight."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor as me
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+
+    t, b = s.TensorType, s.BuiltinOperator
+
+    def const(name, shape, dtype=np.int8):
+        return me.Tensor(shape=shape, dtype=t.INT8 if dtype == np.int8 else t.INT32, data=np.ones(shape, dtype),
+                         name=name)
+
+    def act(name, shape):
+        return me.Tensor(shape=shape, dtype=t.INT8, name=name)
+
+    x, decoded, conv_out = act("x", (1, 4, 4, 1)), act("w_decoded", (2, 3, 3, 1)), act("conv_out", (1, 4, 4, 2))
+    flat, fc_out = act("flat", (1, 32)), act("fc_out", (1, 3))
+    ops = [
+        me.Operator(opcode=b.CUSTOM, custom_code="TFLM_DECODE", inputs=[const("w_indices", (9,)), const("w_lut", (16,))],
+                    outputs=[decoded]),
+        me.Operator(opcode=b.CONV_2D, inputs=[x, decoded, const("conv_bias", (2,), np.int32)], outputs=[conv_out]),
+        me.Operator(opcode=b.RESHAPE, inputs=[conv_out, const("shape", (2,), np.int32)], outputs=[flat]),
+        me.Operator(opcode=b.FULLY_CONNECTED, inputs=[flat, const("fc_w", (3, 32)), const("fc_b", (3,), np.int32)],
+                    outputs=[fc_out]),
+    ]
+    m = me.Model()
+    m.add_subgraph(operators=ops, inputs=[x], outputs=[fc_out])
+    return bytes(m.build())
+
+
+def test_ops_and_weights_take_the_pytorch_layer_the_fidelity_table_paired_with_their_output():
+    from tinyprune.export.fidelity import name_layers, torch_modules
+    from tinyprune.measure.graph import read_graph
+    from tinyprune.measure.macs import tflite_layers
+
+    model = _graph_with_a_decode()
+    graph = read_graph(model)
+    fidelity = [{"op": "CONV_2D", "tensor": "conv_out", "layer": "features.0 (conv2d)"},
+                {"op": "FULLY_CONNECTED", "tensor": "fc_out", "layer": "head (linear)"}]
+    ops, weights = torch_modules(model, fidelity)
+    # the DECODE op restores the conv's weight: it belongs to the conv's layer; the reshape has no
+    # float tensor of its own in this table, so it gets no name rather than a guessed one
+    assert ops == {0: "features.0 (conv2d)", 1: "features.0 (conv2d)", 3: "head (linear)"}
+    assert {graph.tensors[i].name: layer for i, layer in weights.items()} == {
+        "w_indices": "features.0 (conv2d)", "w_lut": "features.0 (conv2d)", "conv_bias": "features.0 (conv2d)",
+        "fc_w": "head (linear)", "fc_b": "head (linear)"}
+    rows = name_layers({"layers": tflite_layers(model)}, model, fidelity)["layers"]
+    assert [(r["op"], r["name"], r["module"]) for r in rows] == [
+        ("TFLM_DECODE", "w_decoded", "features.0 (conv2d)"), ("CONV_2D", "conv_out", "features.0 (conv2d)"),
+        ("RESHAPE", "flat", None), ("FULLY_CONNECTED", "fc_out", "head (linear)")]

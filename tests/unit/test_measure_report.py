@@ -111,13 +111,20 @@ def test_html_is_self_contained_with_plots(measurements, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)  # nothing fetched from the network
     assert "<script" not in page and "<link" not in page
     for text in ("45 nm floor", "Target-calibrated estimate", "finetuned", "int8", "DEPTHWISE_CONV_2D",
-                 "predicted cortex-m4 ms (optimized)", "measured host ms: torch"):
+                 "predicted cortex-m4 ms (optimized)", "<h2>Host timings (this machine, not the target)</h2>"):
         assert text in page
+    # host timings only in their own section: the target's tables and plots hold predictions
+    sections = dict(re.findall(r"<h2>(.*?)</h2>(.*?)(?=<h2>|</body>)", page, re.S))
+    host = sections.pop("Host timings (this machine, not the target)")
+    assert "<td>torch</td>" in host and f"{measurements[0]['latency']['measured']['torch']['median_ms']:.3f}" in host
+    for body in sections.values():
+        for part in re.findall(r"<table>.*?</table>|<img alt='[^']*'", body, re.S):
+            assert "torch" not in part and "host" not in part.lower() and "measured" not in part.lower()
 
 
 def test_html_of_a_report_without_measurements_and_of_one_measurement(measurements, tmp_path):
     page = write_html(demo_like_report(), tmp_path / "a.html").read_text()
     assert len(_images(page)) == 2  # waterfall + per-op MACs of the int8 graph; no cost section without data
-    assert "Cost model vs measured latency" not in page
+    assert "Predicted latency and energy" not in page and "Host timings" not in page
     page = write_html(measurements[0], tmp_path / "b.html").read_text()
     assert len(_images(page)) == 3 and "tinyprune measurement" in page

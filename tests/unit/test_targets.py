@@ -24,11 +24,19 @@ def test_unknown_target_lists_known_ones():
     ({"flash_bytes": True}, "'flash_bytes' must be int"),
     ({"colour": "red"}, "unknown key"),
     ({"name": "other"}, "does not match"),
+    ({"decompression_ram_bytes": -1}, "'decompression_ram_bytes' must be an integer >= 0"),
 ])
 def test_invalid_target_file_is_rejected(change, message):
     raw = targets.load("cortex-m4").to_dict() | change
     with pytest.raises(ConfigError, match=message):
         targets._validate("cortex-m4", raw)
+
+
+def test_the_separate_decompression_region_is_optional():
+    raw = targets.load("cortex-m4").to_dict()
+    del raw["decompression_ram_bytes"]
+    assert targets._validate("cortex-m4", raw).decompression_ram_bytes == 0  # none: decoded weights in the arena
+    assert targets._validate("cortex-m4", raw | {"decompression_ram_bytes": 131072}).decompression_ram_bytes == 131072
 
 
 def test_missing_key_is_rejected():

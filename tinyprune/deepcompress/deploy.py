@@ -101,6 +101,8 @@ class Trial:
     arena_bytes: int | None = None
     tensors_compressed: int = 0
     verdict: str = ""
+    # bytes of decoded weights in the target's separate decompression RAM (None: they are in the arena)
+    decompression_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,12 +129,19 @@ class Plan:
 
 def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_eval, accuracy_floor: float,
            base_flash: int, ram_limit: int, seed: int, export: Callable, evaluate: Callable,
-           progress=None, task=None, anomaly=None) -> Plan:
+           progress=None, task=None, anomaly=None, decompression_limit: int = 0,
+           split: Callable | None = None) -> Plan:
     """Find the fewest LUT bits whose deployed model stays at or above ``accuracy_floor``.
 
     ``export(float_model) -> int8 bytes``; ``evaluate(int8_bytes, lut_bytes) -> (check, lut outputs,
     score, arena)`` runs the LUT model in TFLM (``check`` compares it with the int8 model). Scores
-    are the task's (tinyprune.task; accuracy when ``task`` is None)."""
+    are the task's (tinyprune.task; accuracy when ``task`` is None).
+
+    The decoded weights live in the arena, which must fit ``ram_limit``. A target with a separate
+    region of ``decompression_limit`` bytes can hold them there instead (TFLM's alternate
+    decompression memory): ``split(lut_bytes, arena) -> {"arena_bytes", "alt_bytes", "bit_exact"}``
+    measures that layout, and a model whose arena alone fits ``ram_limit`` and whose decoded
+    weights fit the region is deployed that way."""
     from tinyprune.export.lut import lut_compress
     from tinyprune.task import CLASSIFY
     from tinyprune.train import score
@@ -152,12 +161,18 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
             continue
         int8 = export(shared)
         skip: set[int] = set()
+        alt = None  # the layout with the decoded weights in the separate region, when used
         while True:
             lut = lut_compress(int8, max_bits=bits, skip=skip)
             if not lut.compressed:
                 break
             check, lut_out, acc, arena = evaluate(int8, lut.model)
             if arena <= ram_limit:
+                alt = None
+                break
+            alt = split(lut.model, arena) if split is not None and decompression_limit > 0 else None
+            if alt and alt["bit_exact"] and alt["arena_bytes"] <= ram_limit and alt["alt_bytes"] <= decompression_limit:
+                arena = alt["arena_bytes"]
                 break
             # the decoded tensors live in the arena: give back the largest until it fits
             skip.add(max(lut.compressed, key=lambda t: t.bytes_before).tensor)
@@ -167,6 +182,7 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
                              else "no flash saved")
             break  # wider indices save less flash and decode into as much RAM
         trial.int8_accuracy, trial.flash_bytes, trial.arena_bytes = acc, lut.flash_after, arena
+        trial.decompression_bytes = alt["alt_bytes"] if alt else None
         trial.tensors_compressed = len(lut.compressed)
         if not check["bit_exact"]:
             trial.verdict = "LUT model differs from its int8 model in TFLM"

@@ -197,3 +197,48 @@ def _summary(entry: dict | None) -> dict | None:
     if entry is None:
         return None
     return {k: entry[k] for k in ("layer", "op", "sqnr_db", "sqnr_lost_db")}
+
+
+def torch_modules(model_bytes: bytes, fidelity_layers: list[dict]) -> tuple[dict[int, str], dict[int, str]]:
+    """The PyTorch layer of each op and each weight tensor of a TFLite graph, from the fidelity table.
+
+    ``fidelity_layers`` (``compare_layers(...)["layers"]``) already pairs int8 activation tensors
+    with the PyTorch layer computing them, matched on values; this carries those names over by
+    tensor name, so a graph exported from the same architecture (the LUT model, a re-export of the
+    weight-shared model) gets them too. A DECODE op and the constant tensors an op reads belong to
+    that op's layer. Returns ({op index: layer}, {tensor index: layer}); an op the comparison could
+    not pair (an intermediate the float model never holds) is absent.
+    """
+    from tinyprune.measure.graph import read_graph
+
+    graph = read_graph(model_bytes)
+    layer_of = {e["tensor"]: e["layer"] for e in fidelity_layers}
+    producer = {o: op for op in graph.ops for o in op.outputs if o >= 0}
+    ops: dict[int, str] = {}
+    for op in graph.ops:
+        found = next((layer_of[graph.tensors[o].name] for o in op.outputs
+                      if o >= 0 and graph.tensors[o].name in layer_of), None)
+        if found is not None:
+            ops[op.index] = found
+    weights: dict[int, str] = {}
+    for op in graph.ops:
+        if op.index not in ops or op.op == "TFLM_DECODE":
+            continue
+        for i in op.inputs:
+            if i < 0:
+                continue
+            source = producer.get(i)
+            if graph.tensors[i].constant:
+                weights[i] = ops[op.index]
+            elif source is not None and source.op == "TFLM_DECODE":
+                ops[source.index] = ops[op.index]
+                weights.update({c: ops[op.index] for c in source.inputs if c >= 0 and graph.tensors[c].constant})
+    return ops, weights
+
+
+def name_layers(measurement: dict, model_bytes: bytes, fidelity_layers: list[dict]) -> dict:
+    """Add ``module`` (the PyTorch layer, or None) to every per-op row of a TFLite ``measurement``."""
+    ops, _ = torch_modules(model_bytes, fidelity_layers)
+    for row in measurement["layers"]:
+        row["module"] = ops.get(row["index"])
+    return measurement

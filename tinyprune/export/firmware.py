@@ -51,6 +51,17 @@ def _dims(values) -> str:
 def _decompression_lines(split: dict | None) -> str:
     if not split:
         return ""
+    if split.get("required"):
+        return (
+            "// The decoded weights do not fit beside the arena, so this is required on this target: give TFLM\n"
+            "// an alternate decompression memory (the MicroInterpreter's alt_decompression_memory) in the\n"
+            "// target's separate RAM region. kTensorArenaSize above is the arena without the decoded weights.\n"
+            f"// Measured: {split['arena_bytes']} bytes of arena + {split['alt_bytes']} bytes of decompression memory"
+            f" ({'bit-exact' if split['bit_exact'] else 'NOT bit-exact'} on {split['samples_checked']} samples).\n"
+            f"constexpr unsigned int kDecompressionMemorySize = {split['alt_bytes']};\n"
+            f"constexpr unsigned int kTensorArenaSizeWithoutDecompressionMemory = "
+            f"{arena_size(split['single_arena_bytes'])};\n\n"
+        )
     return (
         "// Or give TFLM an alternate decompression memory (the MicroInterpreter's alt_decompression_memory,\n"
         "// e.g. in a second RAM bank): DECODE then writes the decoded weights there, and the arena shrinks.\n"

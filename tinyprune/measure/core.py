@@ -63,7 +63,7 @@ def runtime_prediction(layers: list[dict], target, runtime: str | None = None) -
 
 def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_source: str,
               peak_bytes: int, arena_bytes: int | None, arena_note: str | None, timing: dict,
-              unsupported: list[str] | None, extra: dict) -> dict:
+              unsupported: list[str] | None, extra: dict, decompression: dict | None = None) -> dict:
     working_set = arena_bytes if arena_bytes else peak_bytes
     pred = {k: lat.predict(layers, target, k) for k in lat.KERNELS}
     energy = energy_mod.summary(layers, working_set, target, pred["optimized"]["cycles"])
@@ -90,9 +90,15 @@ def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_s
                       f"planned peak of live activations (estimate{'; ' + arena_note if arena_note else ''})",
         "runtime_ram_bytes": target.runtime_ram_bytes,
         "ram_total_bytes": int(ram) + target.runtime_ram_bytes,
+        # a LUT model's decoded weights in the target's separate region (None: in the arena)
+        "decompression_bytes": decompression["alt_bytes"] if decompression else None,
     }
+    if decompression:
+        totals["ram_source"] = (f"smallest TFLM arena with the decoded weights in the target's separate "
+                                f"{target.decompression_ram_bytes:,} B decompression region (real interpreter)")
     totals["fits"] = {"flash": totals["flash_total_bytes"] <= target.flash_bytes,
-                      "ram": totals["ram_total_bytes"] <= target.ram_bytes}
+                      "ram": totals["ram_total_bytes"] <= target.ram_bytes
+                      and (totals["decompression_bytes"] or 0) <= target.decompression_ram_bytes}
     precisions = sorted({energy_mod.precision_of(l["dtype"]) for l in layers if l["macs"]})
     return {
         "schema": MEASURE_SCHEMA,
@@ -123,12 +129,15 @@ def _timed(name: str, fn, timing: dict) -> None:
 
 
 def measure_tflite(model_bytes: bytes, target, *, arena_bytes: int | None = None, find_arena: bool = True,
-                   timing: bool = True, repeats: int = 50, onnx_model=None) -> dict:
+                   timing: bool = True, repeats: int = 50, onnx_model=None, decompression: dict | None = None) -> dict:
     """Measure a TFLite flatbuffer: the graph the device runs.
 
     ``arena_bytes``: an arena already measured (skips the bisection); ``find_arena=False`` skips
     it altogether (RAM is then the planned peak). ``onnx_model``: a float ONNX file/bytes of the
-    same model to time in ONNX Runtime beside LiteRT and TFLM.
+    same model to time in ONNX Runtime beside LiteRT and TFLM. On a target with a separate
+    decompression region (``decompression_ram_bytes``) a LUT model's decoded weights go there when
+    they fit: the arena is then measured without them (``decompression``: that layout, already
+    measured, with ``arena_bytes`` its arena).
     """
     from tinyprune.measure.graph import read_graph
     from tinyprune.measure.macs import tflite_layers
@@ -147,13 +156,17 @@ def measure_tflite(model_bytes: bytes, target, *, arena_bytes: int | None = None
         info = graph.tensors[graph.inputs[0]]
         sample = lat.random_input(info.shape, _np_dtype(info.dtype))
         arena_bytes = smallest_arena(model_bytes, sample)
+        decompression = _separate_region(model_bytes, graph, sample, arena_bytes, target)
+        if decompression:  # timing below runs with everything in one arena, as measured first
+            decompression = {**decompression, "single_arena_bytes": arena_bytes}
+            arena_bytes = decompression["arena_bytes"]
     elif arena_bytes is None:
         note = "arena not measured"
     times: dict = {}
     if timing:
         _timed("litert", lambda: lat.time_litert(model_bytes, repeats), times)
         if not unsupported:
-            arena = arena_bytes or max(4 * peak, 64 * 1024)
+            arena = (decompression or {}).get("single_arena_bytes") or arena_bytes or max(4 * peak, 64 * 1024)
             _timed("tflm", lambda: lat.time_tflm(model_bytes, arena, max(5, repeats // 2)), times)
         if onnx_model is not None:
             _timed("onnxruntime", lambda: lat.time_onnxruntime(onnx_model, repeats), times)
@@ -161,7 +174,22 @@ def measure_tflite(model_bytes: bytes, target, *, arena_bytes: int | None = None
           "outputs": [_io(graph.tensors[t]) for t in graph.outputs]}
     return _assemble("tflite", layers, target, flash_bytes=len(model_bytes), flash_source="flatbuffer bytes",
                      peak_bytes=peak, arena_bytes=arena_bytes, arena_note=note, timing=times,
-                     unsupported=unsupported, extra={"io": io, "subgraphs": graph.subgraphs})
+                     unsupported=unsupported, extra={"io": io, "subgraphs": graph.subgraphs},
+                     decompression=decompression)
+
+
+def _separate_region(model_bytes: bytes, graph, sample, arena: int, target) -> dict | None:
+    """The layout with a LUT model's decoded weights in the target's separate decompression region,
+    when the target has one, the model decodes weights, and they fit it with the same outputs."""
+    if not target.decompression_ram_bytes or not any(op.op == "TFLM_DECODE" for op in graph.ops):
+        return None
+    from tinyprune.export.lut import decompression_memory
+    from tinyprune.export.micro import tflm_outputs
+
+    split = decompression_memory(model_bytes, sample, tflm_outputs(model_bytes, sample, arena))
+    if split and split["bit_exact"] and split["alt_bytes"] <= target.decompression_ram_bytes:
+        return split
+    return None
 
 
 def _io(t) -> dict:
@@ -241,17 +269,18 @@ def measure_torch(model, example, target, *, timing: bool = True, repeats: int =
 
 
 def measure_stage(model, target, *, example=None, arena_bytes: int | None = None, onnx_model=None,
-                  timing: bool = True, repeats: int = 30) -> dict:
+                  timing: bool = True, repeats: int = 30, decompression: dict | None = None) -> dict:
     """The measurement ``compress`` attaches to one stage record (``details["measure"]``).
 
     ``model``: an ``nn.Module`` (float stages; needs ``example``, one input sample with batch
     dimension) or TFLite flatbuffer bytes (int8 stage; pass the ``arena_bytes`` already found so
     it is not bisected twice). ``onnx_model``: path/bytes of the stage's ONNX export, timed in
-    ONNX Runtime when given.
+    ONNX Runtime when given. ``decompression``: a LUT model's layout with its decoded weights in the
+    target's separate region, when deployed that way (measure_tflite).
     """
     if isinstance(model, (bytes, bytearray)):
         return measure_tflite(bytes(model), target, arena_bytes=arena_bytes, find_arena=arena_bytes is None,
-                              timing=timing, repeats=repeats, onnx_model=onnx_model)
+                              timing=timing, repeats=repeats, onnx_model=onnx_model, decompression=decompression)
     if example is None:
         raise ConfigError("measure_stage needs an example input for a PyTorch model")
     return measure_torch(model, example, target, timing=timing, repeats=repeats, onnx_model=onnx_model)

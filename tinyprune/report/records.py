@@ -42,6 +42,14 @@ class Report:
     fit: dict | None = None  # compress --fit: the budgets, every trial, which was chosen
     schema_version: int = SCHEMA_VERSION
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        """The inverse of ``to_dict`` (``fits_target`` is derived from the rest, not read)."""
+        return cls(tool_version=d["tool_version"], model=d["model"], data=d["data"], target=d["target"],
+                   config=d["config"], stages=[StageRecord(**s) for s in d["stages"]], layers=d["layers"],
+                   artifacts=d["artifacts"], compression=d.get("compression"), deployed=d.get("deployed"),
+                   fit=d.get("fit"), schema_version=d.get("schema_version", SCHEMA_VERSION))
+
     def stage(self, name: str) -> StageRecord:
         return next(s for s in self.stages if s.name == name)
 
@@ -51,7 +59,8 @@ class Report:
         on_device = self.stage(self.deployed["stage"]) if self.deployed else self.stage("int8")
         return {
             "flash": on_device.flash_bytes <= self.target["flash_bytes"],
-            "ram": on_device.arena_bytes <= self.target["ram_bytes"],
+            "ram": on_device.arena_bytes <= self.target["ram_bytes"]
+            and (self.deployed or {}).get("decompression_bytes", 0) <= self.target.get("decompression_ram_bytes", 0),
         }
 
     def to_dict(self) -> dict:

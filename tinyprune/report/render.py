@@ -1,7 +1,14 @@
-"""Human-readable views of a Report."""
+"""Human-readable views of a Report: the console's lines and the sections of report.md and report.html.
+
+``sections(report)`` is the one list both files are written from (``document.to_markdown`` and
+``tinyprune.report.html``), so a fact added here reaches both. Target numbers (measured in TFLM or
+predicted for the board) and timings of this host are kept in separate sections.
+"""
 
 from __future__ import annotations
 
+from tinyprune.report import document
+from tinyprune.report.document import Bullets, Image, Note, Section, Table
 from tinyprune.report.records import Report
 
 
@@ -62,6 +69,12 @@ def _decompression_line(stage) -> list[str]:
     split = stage.details.get("decompression_memory") if stage.details else None
     if not split or not split.get("bit_exact"):
         return []
+    if split.get("required"):
+        return [f"The decoded weights go to the target's separate decompression region (TFLM's alternate "
+                f"decompression memory, `kDecompressionMemorySize`): {split['alt_bytes']:,} B there, beside the "
+                f"{split['arena_bytes']:,} B arena (they do not fit in one arena of "
+                f"{split['single_arena_bytes']:,} B), measured in TFLM with the same outputs on "
+                f"{split['samples_checked']} samples."]
     return [f"With a separate RAM region for TFLM's alternate decompression memory (`kDecompressionMemorySize`): "
             f"{split['arena_bytes']:,} B arena + {split['alt_bytes']:,} B for the decoded weights, measured in TFLM "
             f"(the same outputs on {split['samples_checked']} samples)."]
@@ -91,7 +104,8 @@ def headline(report: Report) -> list[str]:
     uj = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
     if runtime and t.get("pj_per_cycle"):
         uj = runtime["cycles"] * t["pj_per_cycle"] * 1e-6  # the same cycles as the time
-    fits = flash_used <= t["flash_bytes"] and ram_used <= t["ram_bytes"]
+    fits = (flash_used <= t["flash_bytes"] and ram_used <= t["ram_bytes"]
+            and dep.get("decompression_bytes", 0) <= t.get("decompression_ram_bytes", 0))
     prefix = "model_lut" if dep["stage"] == "int8_lut" else "model"
     float_acc = report.stage("original").accuracy
     metric = score_label(report.data)
@@ -115,161 +129,293 @@ def headline(report: Report) -> list[str]:
     ]
 
 
-def to_markdown(report: Report) -> str:
-    r = report
+LATENCY_NOTE = (
+    "**Predicted** latency is for the target: per op, MACs / (target MACs per cycle for that op kind) or elements "
+    "x cycles per element, plus a per-op overhead, over the clock; the Cortex-M4 cost model is fitted to published "
+    "MLPerf Tiny latencies (optimized = CMSIS-NN-class kernels, reference = TFLM's portable kernels). The runtime "
+    "column is that inference engine's own cost model, fitted to MLPerf Tiny results, for int8 models, with its "
+    "band (the headline's figure)."
+)
+ENERGY_NOTE = (
+    "Two energy figures per inference. **45 nm floor**: the arithmetic (MACs and element-wise work at the layer's "
+    "precision) plus reading every weight once and every activation once from an SRAM of the right size, with the "
+    "per-operation energies of Horowitz (ISSCC 2014, 45 nm). It leaves out instruction fetch, control, leakage and "
+    "the rest of the chip, so it is a floor: what the computation alone needs. **Target-calibrated estimate**: the "
+    "target's measured energy per clock cycle (e.g. ~360 pJ/cycle for a Cortex-M4 board in MLPerf Tiny) times the "
+    "predicted cycles: what the battery sees, within the accuracy of the latency prediction."
+)
+HOST_TITLE = "Host timings (this machine, not the target)"
+
+
+def measured_stages(report: Report) -> list[tuple[str, dict]]:
+    """(stage name, its measurement) for every stage that carries one, in stage order."""
+    return [(s.name, s.details["measure"]) for s in report.stages if s.details.get("measure")]
+
+
+def predicted_section(views: list[tuple[str, dict]], tname: str) -> Section | None:
+    """Latency and energy predicted on the target, per measured stage: nothing measured on this host."""
+    if not views:
+        return None
+    runtime = next((m["latency"]["predicted_runtime"]["runtime"] for _, m in views
+                    if (m["latency"].get("predicted_runtime") or {}).get("runtime")), None)
+    head = ["stage", "precision", f"predicted {tname} ms (optimized)", f"predicted {tname} ms (reference)",
+            *([f"predicted {tname} ms ({runtime}, band)"] if runtime else []), "energy 45 nm floor (uJ)",
+            f"energy {tname} estimate (uJ)"]
+    rows = []
+    for name, m in views:
+        p, e = m["latency"]["predicted"], m["energy"]
+        rt = m["latency"].get("predicted_runtime")
+        est = (e.get("target_estimate") or {}).get("total_uj")
+        band = (f"{rt['ms']:.3f} ({rt['ms_low']:.3f}-{rt['ms_high']:.3f})"
+                if rt and m.get("precision") == "int8" else "n/a")
+        rows.append([name, m.get("precision", ""), f"{p['optimized']['ms']:.3f}", f"{p['reference']['ms']:.3f}",
+                     *([band] if runtime else []), f"{e['floor_45nm']['total_uj']:.4g}",
+                     "n/a" if est is None else f"{est:.4g}"])
+    return Section("predicted", f"Predicted latency and energy on {tname}",
+                   [Table(head, rows, numeric_from=2), Note(LATENCY_NOTE), Note(ENERGY_NOTE)])
+
+
+def host_section(views: list[tuple[str, dict]], tname: str) -> Section | None:
+    """What the runtimes took on the machine that ran tinyprune: kept apart from the target's numbers."""
+    rows = []
+    for name, m in views:
+        for runtime, t in (m["latency"].get("measured") or {}).items():
+            if "error" in t:
+                rows.append([name, runtime, f"failed: {t['error']}", "", ""])
+            else:
+                rows.append([name, runtime, f"{t['median_ms']:.3f}", f"{t['p25_ms']:.3f}-{t['p75_ms']:.3f}",
+                             f"{t['repeats']} (+{t['warmup']} warm-up)"])
+    if not rows:
+        return None
+    return Section("host", HOST_TITLE, [
+        Note(f"Wall time per inference on the machine that ran tinyprune, not on {tname}: the median of repeated "
+             "runs after warm-up, with the interquartile range. They compare stages and runtimes on this host; the "
+             "target's latency is the predicted one."),
+        Table(["stage", "runtime", "median ms", "IQR ms", "timed runs"], rows, numeric_from=2)])
+
+
+def layers_section(name: str, m: dict, tname: str) -> Section:
+    """Per op of one measured stage: what it computes, its size and its predicted cost on the target."""
+    layers, fmt = m["layers"], m.get("format")
+    named = fmt == "tflite" and any(l.get("module") for l in layers)
+    if fmt == "tflite":
+        head = ["#", *(["PyTorch module"] if named else []), "TFLite op", "tensor"]
+        first = [[str(l["index"]), *([l.get("module") or "n/a"] if named else []), l["op"], l["name"]] for l in layers]
+    else:
+        head = ["#", "PyTorch module" if fmt == "pytorch" else "ONNX node", "op"]
+        first = [[str(l["index"]), l["name"], l["op"]] for l in layers]
+    rows = [[*f, "x".join(map(str, l["output_shapes"][0])) if l["output_shapes"] else "", _num(l["params"]),
+             _num(l["macs"]), _num(l["weight_bytes"]), _num(l["activation_bytes"]),
+             f"{l.get('energy_pj', 0) / 1e3:.2f}", f"{l.get('latency_us', 0):.1f}"] for f, l in zip(first, layers)]
+    t = m["totals"]
+    blocks = [Table([*head, "output", "params", "MACs", "weight B", "activation B", "energy nJ (45 nm)",
+                     f"predicted us ({tname})"], rows, numeric_from=len(head) + 1),
+              f"Flash: model {_kib(t['flash_bytes'])} ({t['flash_source']}) + runtime code "
+              f"{_kib(t['runtime_flash_bytes'])} = {_kib(t['flash_total_bytes'])}. RAM: {_kib(t['ram_bytes'])} "
+              f"({t['ram_source']}) + runtime {_kib(t['runtime_ram_bytes'])} = {_kib(t['ram_total_bytes'])}."]
+    if m.get("unsupported_ops"):
+        blocks.append(f"**Ops {tname}'s TFLM runtime lacks: {', '.join(m['unsupported_ops'])}**")
+    if named:
+        blocks.append(Note("PyTorch module: the layer of the float model whose output the op computes, as the int8 "
+                           "fidelity comparison paired them; a DECODE op belongs to the layer whose weights it "
+                           "restores; n/a: an op the float model has no tensor for."))
+    elif fmt == "tflite":
+        blocks.append(Note("Ops are named by their TFLite output tensors only: this measurement carries no PyTorch "
+                           "module names (a .tflite measured on its own, or a report written before they were "
+                           "recorded)."))
+    blocks.append(Note("MACs: multiply-accumulates of conv, depthwise and fully-connected ops (FLOPs = 2 x MACs); "
+                       "other ops count the elements they produce. Weight bytes are the constant tensors an op reads; "
+                       "activation bytes its input and output tensors."))
+    return Section("layer_costs", f"Layers of the {name} stage", blocks)
+
+
+def _stages_section(r: Report) -> Section:
     orig, int8 = r.stage("original"), r.stage("int8")
-    top = headline(r)
-    lines = [
-        f"# tinyprune report: {r.model['path']}",
-        "",
-        *(["**" + top[0] + "**", "", *top[1:], ""] if top else []),
-        f"Target **{r.target['name']}** ({r.target['reference_board']}): "
-        f"{_kib(r.target['flash_bytes'])} flash, {_kib(r.target['ram_bytes'])} RAM, {r.target['clock_hz'] / 1e6:g} MHz.",
-        f"Model format: {r.model['format']}; input {r.model['input_shape']} (PyTorch layout), "
-        f"{r.model['classes']} classes. Data: {r.data['source']} "
-        f"({r.data['train']} train / {r.data['eval']} held-out / {r.data['calibration']} calibration).",
-        "",
-        "## Stages",
-        "",
-        "| " + " | ".join(header(r)) + " |",
-        "|" + "---|" * len(HEADER),
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(r)]
-    fits = r.fits
-    lines += [
-        "",
+    dev = r.stage(r.deployed["stage"]) if r.deployed else int8
+    t, fits = r.target, r.fits
+    blocks = [
+        Table(header(r), summary_rows(r)),
         f"MACs: {_num(orig.macs)} -> {_num(int8.macs)} ({1 - int8.macs / orig.macs:.1%} removed); "
-        f"params: {_num(orig.params)} -> {_num(int8.params)} ({1 - int8.params / orig.params:.1%} removed).",
-        f"Fits {r.target['name']}: flash {'yes' if fits['flash'] else 'NO'} "
-        f"({_kib(int8.flash_bytes)} of {_kib(r.target['flash_bytes'])}), "
-        f"RAM {'yes' if fits['ram'] else 'NO'} ({_kib(int8.arena_bytes)} arena of {_kib(r.target['ram_bytes'])}). "
-        "Runtime code and stack are not included.",
-        "",
-        "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stages in "
-        "the real TFLM interpreter (what the microcontroller runs), on every held-out sample. The "
-        "arena is the smallest with which TFLM allocates and invokes the model (found by "
-        "bisection). MACs of the int8 stage are counted on the TFLite graph itself.",
+        f"params: {_num(orig.params)} -> {_num(int8.params)} ({1 - int8.params / orig.params:.1%} removed).\n"
+        f"Fits {t['name']} ({dev.name} stage): flash {'yes' if fits['flash'] else 'NO'} "
+        f"({_kib(dev.flash_bytes)} of {_kib(t['flash_bytes'])}), RAM {'yes' if fits['ram'] else 'NO'} "
+        f"({_kib(dev.arena_bytes)} arena of {_kib(t['ram_bytes'])}). Runtime code and stack are not included.",
+        "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stages in the real TFLM "
+        "interpreter (what the microcontroller runs), on every held-out sample. The arena is the smallest with which "
+        "TFLM allocates and invokes the model (found by bisection). MACs of the int8 stage are counted on the TFLite "
+        "graph itself.",
     ]
     tflm = int8.details.get("tflm", {})
     if "agreement_with_litert" in tflm:
-        lines += [
-            "",
-            f"LiteRT cross-check on the same {tflm['samples']} samples: its reference kernels (TFLM's) predict "
-            f"the same class as TFLM on {_pct(tflm['agreement_with_litert'])} of them (identical outputs on "
-            f"{_pct(tflm['outputs_identical_to_litert'])}); its optimized kernels, which round differently, on "
-            f"{_pct(tflm['agreement_with_litert_optimized'])} (accuracy {_pct(tflm['litert_optimized_score'])}).",
-        ]
+        text = (f"LiteRT cross-check on the same {tflm['samples']} samples: its reference kernels (TFLM's) predict "
+                f"the same class as TFLM on {_pct(tflm['agreement_with_litert'])} of them")
+        if "outputs_identical_to_litert" in tflm:
+            text += f" (identical outputs on {_pct(tflm['outputs_identical_to_litert'])})"
+        if "agreement_with_litert_optimized" in tflm:
+            text += (f"; its optimized kernels, which round differently, on "
+                     f"{_pct(tflm['agreement_with_litert_optimized'])} (accuracy "
+                     f"{_pct(tflm.get('litert_optimized_score'))})")
+        blocks.append(text + ".")
+    return Section("stages", "Stages", blocks)
+
+
+def _fidelity_section(r: Report) -> Section | None:
+    int8 = r.stage("int8")
     fid = int8.details.get("fidelity")
-    if fid:
-        lines += ["", "## int8 fidelity (per layer, dequantized int8 vs float)", "",
-                  f"Float {_pct(fid['float_accuracy'])} -> int8 in TFLM {_pct(int8.accuracy)} "
-                  f"({fid['moved_points']:+.2f} points). Compared on {fid['samples']} calibration samples; "
-                  f"SQNR of the output {_db(fid['output_sqnr_db'])}."]
-        if fid.get("blame"):
-            b = fid["blame"]
-            lines.append(f"Largest SQNR loss: {b['layer']} ({b['op']}), {_db(b['sqnr_lost_db'])} lost, "
-                         f"{_db(b['sqnr_db'])} after it.")
-        lines += ["", "| int8 op | PyTorch layer | SQNR dB | lost dB | cosine |", "|---|---|---|---|---|"]
-        for e in fid["layers"]:
-            lines.append(f"| {e['op']} | {e['layer']} | {_db(e['sqnr_db'], unit=False)} | "
-                         f"{_db(e['sqnr_lost_db'], unit=False)} | {e['cosine']:.4f} |")
-    io = int8.details.get("io")
-    if io:
-        i, o = io["input"], io["output"]
-        lines += [
-            "",
-            f"Firmware I/O: input {i['dtype']} {i['shape']} (NHWC) with scale {i['scale']:.6g}, zero point "
-            f"{i['zero_point']}: q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} "
-            f"with scale {o['scale']:.6g}, zero point {o['zero_point']}.",
-        ]
+    if not fid:
+        return None
+    text = (f"Float {_pct(fid['float_accuracy'])} -> int8 in TFLM {_pct(int8.accuracy)} ({fid['moved_points']:+.2f} "
+            f"points). Compared on {fid['samples']} calibration samples; SQNR of the output {_db(fid['output_sqnr_db'])}.")
+    if fid.get("blame"):
+        b = fid["blame"]
+        text += (f"\nLargest SQNR loss: {b['layer']} ({b['op']}), {_db(b['sqnr_lost_db'])} lost, "
+                 f"{_db(b['sqnr_db'])} after it.")
+    rows = [[e["layer"], e["op"], e.get("tensor", ""), _db(e["sqnr_db"], unit=False), _db(e["sqnr_lost_db"], unit=False),
+             f"{e['cosine']:.4f}"] for e in fid["layers"]]
+    return Section("fidelity", "int8 fidelity (per layer, dequantized int8 vs float)", [
+        text, Table(["PyTorch layer", "int8 op", "tensor", "SQNR dB", "lost dB", "cosine"], rows, numeric_from=3)])
+
+
+def _io_section(r: Report) -> Section | None:
+    io = r.stage("int8").details.get("io")
+    if not io:
+        return None
+    i, o = io["input"], io["output"]
+    return Section("io", "Firmware I/O", [
+        f"Input {i['dtype']} {i['shape']} (NHWC) with scale {i['scale']:.6g}, zero point {i['zero_point']}: "
+        f"q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} with scale {o['scale']:.6g}, zero point "
+        f"{o['zero_point']}."])
+
+
+def _cost_section(r: Report) -> Section | None:
     steps = cost_and_gain(r)
-    if steps:
-        lines += ["", "## What each step cost and bought (on the target)", "",
-                  "| stage | accuracy change (points) | MACs | flash | arena | predicted ms | predicted uJ |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {s['stage']} | {s['accuracy_points']:+.2f} | {s['macs']} | {s['flash']} | {s['arena']} | "
-                  f"{s['ms']} | {s['uj']} |" for s in steps]
-        lines.append("Changes against the previous measured stage. Float stages: flash and arena are their "
-                     "float32 weights and peak activations (what an fp32 build would need); latency and energy "
-                     "are predicted with the target's cost model (optimized kernels).")
+    if not steps:
+        return None
+    rows = [[s["stage"], f"{s['accuracy_points']:+.2f}", s["macs"], s["flash"], s["arena"], s["ms"], s["uj"]]
+            for s in steps]
+    return Section("cost", "What each step cost and bought (on the target)", [
+        Table(["stage", "accuracy change (points)", "MACs", "flash", "arena", "predicted ms", "predicted uJ"], rows),
+        Note("Changes against the previous measured stage. Float stages: flash and arena are their float32 weights "
+             "and peak activations (what an fp32 build would need); latency and energy are predicted with the "
+             "target's cost model (optimized kernels).")])
+
+
+def _fit_section(r: Report) -> Section | None:
+    fit = r.fit
+    if not fit:
+        return None
+    rows = [[f"{t['sparsity']:.0%}" + (" (chosen)" if i == fit["chosen"] else ""), f"`{t['artifact']}`",
+             _pct(t["accuracy"]), _kib(t["flash_bytes"]), _kib(t["arena_bytes"]),
+             "n/a" if t.get("latency_ms") is None else f"{t['latency_ms']:.2f}",
+             "n/a" if t.get("energy_uj") is None else f"{t['energy_uj']:.1f}",
+             "yes" if t["fits"] else "no: " + ", ".join(t["misses"])] for i, t in enumerate(fit["trials"])]
+    return Section("fit", "--fit: accuracy vs deployed flash", [
+        f"{fit['search']}. Limits: " + ", ".join(f"{k} {v:,.4g}" for k, v in fit["limits"].items()) + ".",
+        Table(["MACs removed", "deployed", "accuracy (TFLM)", "flash", "arena", "predicted ms", "predicted uJ", "fits"],
+              rows)])
+
+
+def _deployed_section(r: Report) -> Section | None:
     dep = r.deployed
-    if dep:
-        sharing = dep.get("weight_sharing") or {}
-        lines += ["", "## Deployed model and accuracy budget", "",
-                  f"On the device: `{dep['artifact']}`, {_num(dep['flash_bytes'])} B flash, {_num(dep['arena_bytes'])} B "
-                  f"arena, {_pct(dep['accuracy'])} held-out accuracy in TFLM: {-dep['accuracy_drop_points']:+.2f} points "
-                  f"against the original model, {'within' if dep['within_accuracy_budget'] else 'OVER'} the budget of "
-                  f"{dep['max_accuracy_drop_points']:g} points of loss (`--max-accuracy-drop`)."]
-        pruned = next((s for s in r.stages if s.name == "pruned"), None)
-        backoff = pruned.details.get("backoff") if pruned is not None else None
-        if backoff and len(backoff["tried"]) > 1:
-            lines.append(f"Structured pruning backed off from {backoff['asked']:.0%} to {backoff['used']:.0%} of the "
-                         "MACs to stay within the budget: " + "; ".join(
-                             f"{t['sparsity']:.0%} -> {_pct(t['finetuned_accuracy'])}" for t in backoff["tried"]) + ".")
-        if sharing:
-            lines.append(f"Weight sharing (LUT-compressed int8 for TFLM): {sharing.get('reason', '')}.")
-            if sharing.get("trials"):
-                lines += ["", "| LUT bits | float accuracy | int8 accuracy (TFLM) | flash | arena | verdict |",
-                          "|---|---|---|---|---|---|"]
-                lines += [f"| {t['bits']} | {_pct(t['float_accuracy'])} | {_pct(t['int8_accuracy'])} | "
-                          f"{_num(t['flash_bytes'])} | {_num(t['arena_bytes'])} | {t['verdict']} |" for t in sharing["trials"]]
-    if r.compression:
-        c = r.compression
-        ratios = c["sizes"]["ratios"]
-        lines += [
-            "",
-            "## Deep Compression archive (`model.tpz`, storage/OTA; not what the device runs)",
-            "",
-            f"Dense fp32 {c['sizes']['dense_bytes']:,} B -> archive {c['archive_bytes']:,} B. Compression vs fp32: "
-            f"pruning {ratios['P']:.1f}x, + quantization {ratios['P+Q']:.1f}x, + Huffman {ratios['P+Q+H']:.1f}x "
-            "(the paper's P / P+Q / P+Q+H). `tinyprune unpack model.tpz --out DIR` rebuilds the exact weights.",
-            "",
-            "| layer | weights | kept | clusters | index bits (Huffman) | entropy bound | gap bits (Huffman) | bytes |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in c["table"]:
-            lines.append(
-                f"| {row.get('name', row.get('layer', 'total'))} | {row.get('weights', '')} | {row.get('kept_pct', 0):.1f} % | "
-                f"{row.get('clusters', '')} | {row.get('index_bits_huffman', float('nan')):.2f} | "
-                f"{row.get('index_entropy', float('nan')):.2f} | {row.get('gap_bits_huffman', float('nan')):.2f} | "
-                f"{row.get('bytes', '')} |")
-    lut_stage = next((s for s in r.stages if s.name == "int8_lut"), None)
-    if lut_stage is not None:
-        lut = lut_stage.details["lut"]
-        check = lut_stage.details["tflm_check"]
-        lines += [
-            "",
-            "## Deployable weight-shared model (`model_int8_lut.tflite`, TFLM DECODE/LUT)",
-            "",
-            f"Flash {lut['flash_before']:,} -> {lut['flash_after']:,} B; arena {check['arena_before']:,} -> "
-            f"{check['arena_after']:,} B (decoded weights live in the arena). Outputs bit-exact with the int8 "
-            f"model in TFLM on {check['samples']} held-out samples: {'yes' if check['bit_exact'] else 'NO'}.",
-            "",
-            "| tensor | ops | shape | values/channel | bits | compressed | why not |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for t in lut["tensors"]:
-            lines.append(f"| {t['name']} | {', '.join(t['ops'])} | {t['shape']} | {t['distinct_max']} | {t['bits']} | "
-                         f"{'yes' if t['compressed'] else 'no'} | {t['reason'] or ''} |")
+    if not dep:
+        return None
+    sharing = dep.get("weight_sharing") or {}
+    lines = [f"On the device: `{dep['artifact']}`, {_num(dep['flash_bytes'])} B flash, {_num(dep['arena_bytes'])} B "
+             f"arena, {_pct(dep['accuracy'])} held-out accuracy in TFLM: {-dep['accuracy_drop_points']:+.2f} points "
+             f"against the original model, {'within' if dep['within_accuracy_budget'] else 'OVER'} the budget of "
+             f"{dep['max_accuracy_drop_points']:g} points of loss (`--max-accuracy-drop`)."]
+    pruned = next((s for s in r.stages if s.name == "pruned"), None)
+    backoff = pruned.details.get("backoff") if pruned is not None else None
+    if backoff and len(backoff["tried"]) > 1:
+        lines.append(f"Structured pruning backed off from {backoff['asked']:.0%} to {backoff['used']:.0%} of the MACs "
+                     "to stay within the budget: " + "; ".join(
+                         f"{t['sparsity']:.0%} -> {_pct(t['finetuned_accuracy'])}" for t in backoff["tried"]) + ".")
+    if sharing:
+        lines.append(f"Weight sharing (LUT-compressed int8 for TFLM): {sharing.get('reason', '')}.")
+    blocks = ["\n".join(lines)]
+    if sharing.get("trials"):
+        blocks.append(Table(["LUT bits", "float accuracy", "int8 accuracy (TFLM)", "flash", "arena", "verdict"], [
+            [str(t["bits"]), _pct(t["float_accuracy"]), _pct(t["int8_accuracy"]), _num(t["flash_bytes"]),
+             _num(t["arena_bytes"]), t["verdict"]] for t in sharing["trials"]]))
+    return Section("deployed", "Deployed model and accuracy budget", blocks)
+
+
+def _archive_section(r: Report) -> Section | None:
+    c = r.compression
+    if not c:
+        return None
+    ratios = c["sizes"]["ratios"]
+    rows = [[str(row.get("name", row.get("layer", "total"))), str(row.get("weights", "")),
+             f"{row.get('kept_pct', 0):.1f} %", str(row.get("clusters", "")),
+             f"{row.get('index_bits_huffman', float('nan')):.2f}", f"{row.get('index_entropy', float('nan')):.2f}",
+             f"{row.get('gap_bits_huffman', float('nan')):.2f}", str(row.get("bytes", ""))] for row in c["table"]]
+    return Section("archive", "Deep Compression archive (`model.tpz`, storage/OTA; not what the device runs)", [
+        f"Dense fp32 {c['sizes']['dense_bytes']:,} B -> archive {c['archive_bytes']:,} B. Compression vs fp32: "
+        f"pruning {ratios['P']:.1f}x, + quantization {ratios['P+Q']:.1f}x, + Huffman {ratios['P+Q+H']:.1f}x "
+        "(the paper's P / P+Q / P+Q+H). `tinyprune unpack model.tpz --out DIR` rebuilds the exact weights.",
+        Table(["layer", "weights", "kept", "clusters", "index bits (Huffman)", "entropy bound", "gap bits (Huffman)",
+               "bytes"], rows)])
+
+
+def _lut_section(r: Report) -> Section | None:
+    stage = next((s for s in r.stages if s.name == "int8_lut"), None)
+    if stage is None:
+        return None
+    lut, check = stage.details["lut"], stage.details["tflm_check"]
+    rows = [[t.get("module") or "n/a", t["name"], ", ".join(t["ops"]), str(t["shape"]), str(t["distinct_max"]),
+             str(t["bits"]), "yes" if t["compressed"] else "no", t["reason"] or ""] for t in lut["tensors"]]
+    return Section("lut", "Deployable weight-shared model (`model_int8_lut.tflite`, TFLM DECODE/LUT)", [
+        f"Flash {lut['flash_before']:,} -> {lut['flash_after']:,} B; arena {check['arena_before']:,} -> "
+        f"{check['arena_after']:,} B (decoded weights live in the arena). Outputs bit-exact with the int8 model in "
+        f"TFLM on {check['samples']} held-out samples: {'yes' if check['bit_exact'] else 'NO'}.",
+        Table(["PyTorch module", "tensor", "ops", "shape", "values/channel", "bits", "compressed", "why not"], rows,
+              numeric_from=4)])
+
+
+def _plane_section(r: Report) -> Section | None:
     tuned = next((s for s in r.stages if s.name == "finetuned"), None)
     plane = tuned.details.get("plane") if tuned is not None else None
-    if plane:
-        lines += ["", "## Information plane (fine-tuning of the pruned model)", "",
-                  f"I(X;T) and I(T;Y) in nats per layer, epoch 0 -> {plane['epochs']}, on {plane['samples']} training "
-                  f"samples (bounds: ln N = {plane['ln_samples']:.2f}, H(Y) = {plane['label_entropy']:.2f}); "
-                  f"all epochs in `{plane['json']}`. A value at ln N and H(Y) means the estimator tells "
-                  "every sample apart (usual for layers of more than a few units), not that nothing changed.", "", f"![information plane]({plane['png']})", "",
-                  "| layer | dim | method | I(X;T) | I(T;Y) |", "|---|---|---|---|---|"]
-        for name, v in plane["layers"].items():
-            for m, d in v.items():
-                if m != "dim":
-                    lines.append(f"| {name} | {v['dim']} | {m} | {d['ixt_first']:.2f} -> {d['ixt_last']:.2f} | "
-                                 f"{d['ity_first']:.2f} -> {d['ity_last']:.2f} |")
+    if not plane:
+        return None
+    rows = [[name, str(v["dim"]), m, f"{d['ixt_first']:.2f} -> {d['ixt_last']:.2f}",
+             f"{d['ity_first']:.2f} -> {d['ity_last']:.2f}"]
+            for name, v in plane["layers"].items() for m, d in v.items() if m != "dim"]
+    return Section("plane", "Information plane (fine-tuning of the pruned model)", [
+        f"I(X;T) and I(T;Y) in nats per layer, epoch 0 -> {plane['epochs']}, on {plane['samples']} training samples "
+        f"(bounds: ln N = {plane['ln_samples']:.2f}, H(Y) = {plane['label_entropy']:.2f}); all epochs in "
+        f"`{plane['json']}`. A value at ln N and H(Y) means the estimator tells every sample apart (usual for layers "
+        "of more than a few units), not that nothing changed.",
+        Image("information plane", plane["png"]),
+        Table(["layer", "dim", "method", "I(X;T)", "I(T;Y)"], rows, numeric_from=3)])
+
+
+def sections(report: Report) -> list[Section]:
+    """The report's sections, in order: what report.md and report.html both show."""
+    r, t = report, report.target
+    out = []
+    top = headline(r)
+    if top:
+        out.append(Section("headline", "", ["**" + top[0] + "**", *(["\n".join(top[1:])] if top[1:] else [])]))
+    out.append(Section("intro", "", [
+        f"Target **{t['name']}** ({t['reference_board']}): {_kib(t['flash_bytes'])} flash, {_kib(t['ram_bytes'])} "
+        f"RAM, {t['clock_hz'] / 1e6:g} MHz.\nModel format: {r.model['format']}; input {r.model['input_shape']} "
+        f"(PyTorch layout), {r.model['classes']} classes. Data: {r.data['source']} ({r.data['train']} train / "
+        f"{r.data['eval']} held-out / {r.data['calibration']} calibration)."]))
+    views = measured_stages(r)
+    out += [_fit_section(r), _stages_section(r), _fidelity_section(r), _io_section(r), _cost_section(r),
+            predicted_section(views, t["name"]), host_section(views, t["name"]), _deployed_section(r),
+            _archive_section(r), _lut_section(r), _plane_section(r),
+            layers_section(*views[-1], t["name"]) if views else None]
     if r.layers:
-        lines += ["", "## Layers", "", "| layer | channels before | channels after |", "|---|---|---|"]
-        lines += [f"| {l['name']} | {l['channels_before']} | {l['channels_after']} |" for l in r.layers]
-    lines += ["", "## Artifacts", ""] + [f"- `{a}`" for a in r.artifacts] + [""]
-    return "\n".join(lines)
+        out.append(Section("channels", "Channels per layer (structured pruning)", [Table(
+            ["layer", "channels before", "channels after"],
+            [[l["name"], str(l["channels_before"]), str(l["channels_after"])] for l in r.layers])]))
+    out.append(Section("artifacts", "Artifacts", [Bullets([f"`{a}`" for a in r.artifacts])]))
+    return [s for s in out if s is not None]
+
+
+def to_markdown(report: Report) -> str:
+    return document.to_markdown(f"tinyprune report: {report.model['path']}", sections(report))
 
 
 def _delta(now, before, fmt) -> str:

@@ -1,0 +1,63 @@
+"""A target with a separate RAM region for TFLM's alternate decompression memory: a LUT model
+whose decoded weights do not fit beside the arena deploys with them in that region."""
+
+import json
+
+import pytest
+import torch
+
+from tinyprune.cli import main
+
+
+def _compress(tmp_path, src, digits_npz, capsys, out, *extra):
+    code = main(["compress", str(src), "--arch", "tinyprune.testing.models:digits_cnn", "--data", str(digits_npz),
+                 "--out", str(out), "--sparsity", "0.5", "--finetune-epochs", "1",
+                 "--max-accuracy-drop", "100", "--json", *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    return report, {s["name"]: s for s in report["stages"]}
+
+
+@pytest.mark.slow
+def test_decoded_weights_go_to_the_targets_separate_region_when_the_arena_cannot_hold_them(
+        tmp_path, trained, digits_npz, capsys, monkeypatch):
+    src = tmp_path / "cnn.pt"
+    torch.save(trained("digits_cnn").state_dict(), src)
+    _, stages = _compress(tmp_path, src, digits_npz, capsys, tmp_path / "plain")
+    lut = stages["int8_lut"]
+    split = lut["details"]["decompression_memory"]
+    single, alone, alt = lut["arena_bytes"], split["arena_bytes"], split["alt_bytes"]
+    assert alone < single
+
+    # a board whose RAM holds the arena without the decoded weights but not with them, and whose
+    # second region holds exactly what they need
+    board = tmp_path / "board.toml"
+    runtime_ram = 4096
+    ram = runtime_ram + (alone + single) // 2
+    board.write_text(f'base = "cortex-m4"\nruntime_ram_bytes = {runtime_ram}\nram_bytes = {ram}\n'
+                     f"decompression_ram_bytes = {alt}\n")
+    out = tmp_path / "region"
+    report, stages = _compress(tmp_path, src, digits_npz, capsys, out, "--target", str(board))
+    assert report["target"]["decompression_ram_bytes"] == alt
+    lut = stages["int8_lut"]
+    assert report["deployed"]["artifact"] == "model_int8_lut.tflite"
+    assert lut["arena_bytes"] == report["deployed"]["arena_bytes"] <= ram - runtime_ram < single
+    chosen = lut["details"]["sharing"]["trials"][-1]
+    assert chosen["verdict"] == "deployed" and chosen["decompression_bytes"] <= alt
+    assert lut["details"]["decompression_memory"]["required"]
+    assert report["deployed"]["decompression_bytes"] == lut["details"]["decompression_memory"]["alt_bytes"] <= alt
+    header = (out / "model_lut_data.h").read_text()
+    assert "required on this target" in header
+    md = (out / "report.md").read_text()
+    assert "separate decompression region" in md
+
+    # `check` measures the same layout on that board
+    (tmp_path / "tinyprune.toml").write_text(
+        f'[[model]]\npath = "{out / "model_int8_lut.tflite"}"\ntarget = "{board}"\nmax_ram = {ram - runtime_ram}\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ram_outcome = next(o for o in result["results"] if o["metric"] == "max_ram")
+    assert ram_outcome["ok"] and ram_outcome["value"] < single
+    assert "decompression region" in ram_outcome["detail"]
