@@ -1,7 +1,8 @@
 """Issue 10 benchmark: every criterion at equal MACs, the same fine-tune, several seeds.
 
 For each MAC reduction level, criterion and seed: prune the trained base model with tinyprune's
-pruning stage (MI/flow analysis on 600 training images), fine-tune every pruned model with the
+pruning stage (MI/flow analysis on 600 training images; `vib` trains its gates on the full
+training split, as compress does), fine-tune every pruned model with the
 same budget (default: 3 epochs on the full training split), and test on the official 10k test
 set. Torch-Pruning's data-driven baselines run through the same MAC loop: ``taylor``
 (GroupTaylorImportance, gradients of the cross-entropy on the analysis images, re-computed
@@ -92,7 +93,7 @@ def main() -> None:
                 t = time.perf_counter()
                 try:
                     cfg = PruneConfig(criterion=criterion, sparsity=level, options=options)
-                    pruned = prune_to_macs(base, cfg, xa, ya, classes=10, seed=seed)
+                    pruned = prune_to_macs(base, cfg, xa, ya, classes=10, seed=seed, train=(xtr, ytr))  # vib trains on it
                 except ConfigError as exc:
                     results.append({"level": level, "criterion": label, "seed": seed, "failed": str(exc)})
                     print(json.dumps(results[-1]), flush=True)
