@@ -175,11 +175,12 @@ def share_stage(state: RunState, cfg: CompressConfig):
         return state, []
     lut, check = plan.lut, plan.check
     state.write("model_int8_lut.tflite", lut.model)
-    split = split_layout(lut.model, check["arena_after"])
+    # the search measured the split when the target needs it; else it is measured for the header
+    split = plan.split or split_layout(lut.model, check["arena_after"])
     arena = check["arena_after"]
     if split is not None:
         # the target keeps the decoded weights in its separate region: the arena is the one without them
-        split["required"] = plan.chosen.decompression_bytes is not None
+        split["required"] = plan.split is not None
         if split["required"]:
             split["single_arena_bytes"], arena = arena, split["arena_bytes"]
     for name, text in firmware_files(lut.model, arena, tflite.io_details(lut.model), "model_lut",

@@ -50,10 +50,15 @@ class Task:
 CLASSIFY = Task("classify")
 
 
+def is_class_labels(y) -> bool:
+    """Integer (or boolean) targets are class labels; float ones are regression targets."""
+    return np.asarray(y).dtype.kind in "iub"
+
+
 def for_targets(y: np.ndarray) -> Task:
     """The task whose score fits targets ``y`` alone: classify for integer labels, else regress
     (R^2 over every output; for an autoencoder's targets, the input, it equals the explained variance)."""
-    return CLASSIFY if np.asarray(y).dtype.kind in "iub" else Task("regress")
+    return CLASSIFY if is_class_labels(y) else Task("regress")
 
 
 def metrics(task: Task, outputs: np.ndarray, targets: np.ndarray, anomaly: np.ndarray | None = None) -> dict:
@@ -87,7 +92,7 @@ def detect(requested: str | None, y: np.ndarray | None) -> str:
     """The task kind from ``--task`` or, when not given, from the data's targets."""
     if requested is not None and requested not in KINDS:
         raise DataError(f"--task must be one of {', '.join(KINDS)}, got {requested!r}")
-    found = "reconstruct" if y is None else "classify" if y.dtype.kind in "iub" else "regress" \
+    found = "reconstruct" if y is None else "classify" if is_class_labels(y) else "regress" \
         if y.dtype.kind == "f" else None
     if found is None:
         raise DataError(f"y has dtype {y.dtype}; expected integer class labels or float regression targets")

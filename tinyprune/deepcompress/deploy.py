@@ -121,6 +121,7 @@ class Plan:
     int8: bytes | None = None
     tflm_out: np.ndarray | None = None
     check: dict | None = None
+    split: dict | None = None  # the measured layout with the decoded weights in the separate region, when used
 
     def to_dict(self) -> dict:
         return {"deployed": self.chosen is not None, "reason": self.reason, "layers": self.layers,
@@ -192,7 +193,7 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
             continue
         trial.verdict = "deployed"
         return Plan(layers, trials, trial, f"{bits}-bit LUTs on {len(lut.compressed)} weight tensors", lut, shared,
-                    int8, lut_out, check)
+                    int8, lut_out, check, alt)
     last = trials[-1].verdict if trials else "nothing tried"
     return Plan(layers, trials, None, f"no width from {cfg.min_bits} to {LUT_MAX_BITS} bits pays on the device "
                                       f"within the accuracy budget (last: {last})")

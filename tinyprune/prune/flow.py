@@ -36,6 +36,8 @@ import torch.nn as nn
 from tinyprune.prune.groups import PRUNABLE as _LAYERS
 from tinyprune.prune.groups import forward_with_hooks
 from tinyprune.prune.groups import group_channel_macs, removes_inputs, removes_outputs
+from tinyprune.task import is_class_labels
+from tinyprune.train import outputs
 
 RIDGE = 1e-3  # relative ridge on the covariance before inverting (constant channels, N < C)
 
@@ -125,12 +127,6 @@ def _output_divergence(reference: torch.Tensor, output: torch.Tensor, classify: 
     return 0.5 * math.log1p(mse / max(float(reference.double().var()), 1e-12))
 
 
-def _forward(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
-                          for i in range(0, len(x), batch_size)])
-
-
 def hidden_channels_divergence(model: nn.Module, x: np.ndarray, group, hide: list[int], reference: torch.Tensor,
                                classify: bool) -> float:
     """Output divergence when the group's root channels ``hide`` reach none of their consumers:
@@ -148,9 +144,8 @@ def hidden_channels_divergence(model: nn.Module, x: np.ndarray, group, hide: lis
         handles.append(layer.register_forward_pre_hook(
             lambda _m, inp, idx=idx, dim=dim: (inp[0].index_fill(dim, idx, 0.0),) + tuple(inp[1:])))
     was_training = model.training
-    model.eval()
     try:
-        return _output_divergence(reference, _forward(model, x), classify)
+        return _output_divergence(reference, torch.from_numpy(outputs(model, x)), classify)
     finally:
         for h in handles:
             h.remove()
@@ -172,7 +167,7 @@ class FlowImportance:
         self._preact: dict[str, torch.Tensor] = {}
         # the channel fraction a uniform cut to the MAC target takes (MACs fall with its square)
         self.probe = 1.0 - math.sqrt(max(0.0, 1.0 - sparsity))
-        self.classify = y is not None and np.asarray(y).dtype.kind in "iub"
+        self.classify = y is not None and is_class_labels(y)
         self.weights: dict[str, float] = {}  # root layer -> output nats lost per unit of share hidden
         self._reference: torch.Tensor | None = None
         self.kept: dict[str, list[int]] | None = None
@@ -247,8 +242,7 @@ class FlowImportance:
         if root not in self.weights:
             if self._reference is None:
                 was_training = self.model.training
-                self.model.eval()
-                self._reference = _forward(self.model, self.x)
+                self._reference = torch.from_numpy(outputs(self.model, self.x))
                 self.model.train(was_training)
             k = min(len(signal) - 1, max(1, round(self.probe * len(signal))))
             hide = torch.argsort(signal)[:k].tolist()

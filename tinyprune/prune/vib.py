@@ -66,6 +66,7 @@ from tinyprune.config import FinetuneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.prune.groups import PRUNABLE, channel_groups
 from tinyprune.prune.vib_gates import _units, gates_of, insert_gates, remove_gates
+from tinyprune.task import is_class_labels
 from tinyprune.train import Progress, _quiet, fit
 
 
@@ -176,7 +177,7 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
 
     fit(model, x, y, FinetuneConfig(epochs, lr, batch_size), seed, progress, "VIB", on_epoch,
         extra_loss=lambda m: kl_weight * kl_total(m, layer_gamma), on_batch=on_batch,
-        loss_name="CE" if np.asarray(y).dtype.kind in "iub" else "MSE",  # fit's loss follows the targets
+        loss_name="CE" if is_class_labels(y) else "MSE",  # fit's loss follows the targets
         param_groups=[{"params": list(model.parameters()), "lr": lr},
                       {"params": list(registry.parameters()), "lr": gate_lr}])
     return model.eval()
@@ -185,7 +186,7 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
 def _nats_per_squared_error(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """1 for class labels; for float targets 2 s^2 / D (see train_vib): what one unit of the mean
     squared error is worth in nats per sample is D / (2 s^2)."""
-    if np.asarray(y).dtype.kind in "iub":
+    if is_class_labels(y):
         return 1.0
     n = min(len(x), 2048)
     pred = _outputs(model, torch.from_numpy(np.ascontiguousarray(x[:n]))).double()
