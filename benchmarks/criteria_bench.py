@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--finetune-samples", type=int, default=0, help="0: the full training split")
     ap.add_argument("--analysis-samples", type=int, default=600)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compensate", action="store_true",
+                    help="least-squares compensation of removed channels (PruneConfig.compensate) for every criterion")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,7 +94,7 @@ def main() -> None:
                 torch.manual_seed(seed)
                 t = time.perf_counter()
                 try:
-                    cfg = PruneConfig(criterion=criterion, sparsity=level, options=options)
+                    cfg = PruneConfig(criterion=criterion, sparsity=level, options=options, compensate=args.compensate)
                     pruned = prune_to_macs(base, cfg, xa, ya, classes=10, seed=seed, train=(xtr, ytr))  # vib trains on it
                 except ConfigError as exc:
                     results.append({"level": level, "criterion": label, "seed": seed, "failed": str(exc)})

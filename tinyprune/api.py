@@ -240,7 +240,7 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
                        details={"criterion": prune_cfg.criterion, "steps": pruned.steps,
                                 "sparsity": prune_cfg.sparsity,
                                 "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
-                                "at_init": prune_cfg.at_init, **pruned.record})
+                                "at_init": prune_cfg.at_init, "compensate": prune_cfg.compensate, **pruned.record})
 
 
 def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:

@@ -65,6 +65,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at-init", action="store_true",
                    help="prune a freshly re-initialized copy of the model with the data (pruning before training), "
                         "then train it for --finetune-epochs")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=False,
+                   help="before each channel goes, fold what the kept channels predict of it into the layers that "
+                        "read it (least squares on the analysis samples; default off)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, pruning and training (default 0)")
     p.add_argument("--no-deepcompress", action="store_true",
                    help="skip weight sharing (the LUT-compressed int8 model for TFLM) and the archive")
@@ -243,7 +246,8 @@ def _config(args):
         seed=args.seed,
         data=DataConfig(layout=getattr(args, "layout", "auto"), task=getattr(args, "task", None),
                         **({"calib_samples": args.calib_samples} if args.calib_samples is not None else {})),
-        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, at_init=args.at_init, options=options),
+        prune=PruneConfig(criterion=args.criterion, sparsity=args.sparsity, at_init=args.at_init,
+                          compensate=args.compensate, options=options),
         finetune=FinetuneConfig(epochs=epochs),
         export=ExportConfig(bn_as_depthwise=not args.plain_export, equalize_concats=not args.plain_export),
         plane=args.plane,

@@ -197,7 +197,7 @@ def test_vib_importance_ranks_by_log_alpha(trained, splits):
 
     model = copy.deepcopy(trained("mlp"))
     la = {"1": np.linspace(-3, 3, 64), "3": np.zeros(32)}
-    imp = VibImportance(model, la)
+    imp = VibImportance(model, la, per_mac=False)
     imp.kept = {"1": list(range(64)), "3": list(range(32)), "5": list(range(10))}
     dg = tp.DependencyGraph().build_dependency(model, torch.from_numpy(splits.x_train[:1]), verbose=False)
     group = dg.get_pruning_group(model[1], tp.prune_linear_out_channels, list(range(64)))
@@ -211,6 +211,37 @@ def test_vib_importance_ranks_by_log_alpha(trained, splits):
     dg2 = tp.DependencyGraph().build_dependency(model2, torch.from_numpy(splits.x_train[:1]), verbose=False)
     scores2 = imp(dg2.get_pruning_group(model2[1], tp.prune_linear_out_channels, list(range(32))))
     assert torch.allclose(scores2.double(), torch.from_numpy(la["1"][32:]), atol=1e-6)
+
+
+def test_vib_importance_per_mac_divides_the_information_bound_by_the_macs_saved(splits):
+    """Equal gates in a conv and a linear layer: the conv channel, which feeds every position of
+    its map, must rank far lower per MAC, so a global MAC loop thins the convs, not only the cheap
+    fully connected layers (the LeNet-5 collapse of RESULTS.md)."""
+    import torch_pruning as tp
+
+    from tinyprune.prune.groups import group_channel_macs, output_positions
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.ReLU(),
+                          nn.Linear(16, 10)).eval()
+    example = torch.from_numpy(splits.x_train[:1])
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))][:-1]
+    la = {n: np.full(m.weight.shape[0], 2.0) for n, m in layers}
+    imp = VibImportance(model, la, example)
+    dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+    positions = output_positions(model, example)
+    per_layer = {}
+    for name, module in layers:
+        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+        group = dg.get_pruning_group(module, fn, list(range(module.weight.shape[0])))
+        scores = imp(group).double()
+        macs = group_channel_macs(group, positions)
+        torch.testing.assert_close(scores, torch.log1p(torch.exp(torch.tensor(2.0))).double() / macs,
+                                   rtol=1e-6, atol=0)
+        per_layer[type(module).__name__] = float(scores.mean())
+    assert per_layer["Conv2d"] < per_layer["Linear"] / 2  # 1,600 MACs a channel against 522 a neuron
+    with pytest.raises(ConfigError):
+        VibImportance(model, la)  # per MAC without an example input
 
 
 def test_bad_settings_are_config_errors():

@@ -20,6 +20,7 @@ from tinyprune.config import PruneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.measure.macs import count_torch
 from tinyprune.prune import protocol
+from tinyprune.prune.compensate import compensate
 from tinyprune.prune.groups import (PRUNABLE, channel_groups, classifier_layers, follow_removal, group_channel_macs, group_macs,
                                     output_positions,
                                     reinitialize, widths)
@@ -121,13 +122,16 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
                     continue
                 predicted -= drop
                 follow_removal(kept, group, names)
+                if cfg.compensate:
+                    compensate(model, group, ctx.x, ctx.seed)
                 group.prune()
             macs, _ = count_torch(model, example)
         steps += phase_steps
         if overshoot:
             break
     if macs > target:
-        steps += _land(model, example, importance, kept, names, classifier, target, floor, criterion.global_ranking)
+        steps += _land(model, example, importance, kept, names, classifier, target, floor, criterion.global_ranking,
+                       (lambda g: compensate(model, g, ctx.x, ctx.seed)) if cfg.compensate else None)
         macs, _ = count_torch(model, example)
     if macs > target * 1.02:
         raise ConfigError(
@@ -143,7 +147,7 @@ def _layers(before: dict[str, int], after: dict[str, int]) -> list[dict]:
     return [{"name": k, "channels_before": v, "channels_after": after.get(k, 0)} for k, v in before.items()]
 
 
-def _land(model, example, importance, kept, names, classifier, target, floor, global_ranking) -> int:
+def _land(model, example, importance, kept, names, classifier, target, floor, global_ranking, before_prune=None) -> int:
     """Remove single channels until the MACs are at most ``target`` without going below ``floor``.
 
     Each round scores every group with the criterion's own importance and takes, among the
@@ -185,6 +189,8 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
         root = group[0].dep
         single = graph.get_pruning_group(root.target.module, root.handler, c)
         follow_removal(kept, single, names)
+        if before_prune is not None:
+            before_prune(single)
         single.prune()
         rounds += 1
         macs = count_torch(model, example)[0]

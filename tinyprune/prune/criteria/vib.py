@@ -13,6 +13,8 @@ class VibOptions:
     # layer), e.g. "1,1,0.25"; empty: 1 for every layer
     layer_gamma: str = ""
     gate_inputs: bool = False  # also gate the first layer's inputs (the paper's LeNet-300-100 784-300-100 table)
+    # past the threshold, rank the remaining units by information bound per MAC saved (False: log alpha alone)
+    per_mac: bool = True
 
     def __post_init__(self):
         from tinyprune.errors import ConfigError
@@ -59,4 +61,7 @@ class Vib(Criterion):
     def importance(self, model, ctx, step):
         from tinyprune.prune.vib import VibImportance
 
-        return VibImportance(model, getattr(self, "log_alpha", {}))
+        import torch
+
+        example = torch.from_numpy(ctx.x[:1])
+        return VibImportance(model, getattr(self, "log_alpha", {}), example, per_mac=self.config.per_mac)
