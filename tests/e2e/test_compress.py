@@ -233,7 +233,7 @@ def _compress_json(tmp_path, model, digits_npz, capsys, *args) -> dict:
 @pytest.mark.parametrize("criterion, options", [
     ("vib", ["--vib-epochs", "2", "--vib-gamma", "0.01"]),
     ("mipp", []),
-    ("flow", []),
+    ("flow", ["--compensate"]),
     ("l1", []),
 ])
 def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys, criterion, options):
@@ -244,12 +244,13 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
     pruned = next(s for s in report["stages"] if s["name"] == "pruned")
     assert report["config"]["prune"]["criterion"] == criterion and report["config"]["seed"] == 3
     assert pruned["details"]["criterion"] == criterion
+    assert report["config"]["prune"]["compensate"] is pruned["details"]["compensate"] is ("--compensate" in options)
     removed = pruned["details"]["macs_removed"]
     if criterion == "vib":
         assert removed >= 0.4  # VIB may remove more than asked: the target is a floor
         assert pruned["details"]["prepared"]["config"]["seed"] == 3  # --seed reached VIB
         assert report["config"]["prune"]["options"] == {"gamma": 0.01, "epochs": 2, "threshold": 0.0, "lr": 1e-3,
-                                                         "layer_gamma": "", "gate_inputs": False}
+                                                         "layer_gamma": "", "gate_inputs": False, "per_mac": True}
     elif criterion == "mipp":  # MIPP meets the target in its own step (its cost model, its fill)
         assert 0.4 <= removed <= 0.45, removed
         assert pruned["details"]["mipp"]["layers"]

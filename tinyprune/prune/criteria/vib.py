@@ -38,7 +38,7 @@ class VibOptions:
 class Vib(Criterion):
     name = "vib"
     description = ("VIBNet (Dai et al. 2018): train information-bottleneck gates (--vib-gamma, --vib-epochs), "
-                   "remove units with log alpha < --vib-threshold, fold the gates; then lowest log alpha")
+                   "remove units with log alpha < --vib-threshold, fold the gates; then least log(1+alpha) per MAC saved")
     Config = VibOptions
     # VIB trains with the task's loss (cross-entropy, or squared error for float targets) plus the KL
     tasks = ("classify", "regress", "reconstruct")
