@@ -60,14 +60,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
     p.add_argument("--out", type=Path, help="output folder (replaced only when the run succeeds)")
     p.add_argument("--sparsity", type=sparsity_arg, default=0.5, help="fraction of MACs to remove (default 0.5)")
-    p.add_argument("--criterion", default="l1", help="channel importance criterion (default l1; see `tinyprune criteria`)")
+    p.add_argument("--criterion", default="flow", help="channel importance criterion (default flow; see `tinyprune criteria`)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs after pruning")
     p.add_argument("--at-init", action="store_true",
                    help="prune a freshly re-initialized copy of the model with the data (pruning before training), "
                         "then train it for --finetune-epochs")
-    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
                    help="before each channel goes, fold what the kept channels predict of it into the layers that "
-                        "read it (least squares on the analysis samples; default off)")
+                        "read it (least squares on the analysis samples; default on, --no-compensate: plain removal)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, pruning and training (default 0)")
     p.add_argument("--no-deepcompress", action="store_true",
                    help="skip weight sharing (the LUT-compressed int8 model for TFLM) and the archive")

@@ -28,12 +28,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    criterion: str = "l1"
+    # flow with compensation: ahead of l1 (Torch-Pruning's default) at equal MACs in
+    # benchmarks/RESULTS.md ("The default"), and it serves every task and graph shape
+    criterion: str = "flow"
     sparsity: float = 0.5  # fraction of MACs removed
     max_steps: int = 40  # at least this many steps (about 1 % of the channels each) to the MAC target
     at_init: bool = False  # prune a freshly re-initialized copy (pruning before training), then train it
     # fold what the kept channels predict of each removed channel into its consumers (prune/compensate.py)
-    compensate: bool = False
+    compensate: bool = True
     # the criterion's own frozen config (tinyprune.prune.protocol); a dict of its fields, or None
     # for its defaults, is turned into it here, so a bad name or option fails before any slow work
     options: object = None

@@ -233,7 +233,7 @@ def _compress_json(tmp_path, model, digits_npz, capsys, *args) -> dict:
 @pytest.mark.parametrize("criterion, options", [
     ("vib", ["--vib-epochs", "2", "--vib-gamma", "0.01"]),
     ("mipp", []),
-    ("flow", ["--compensate"]),
+    ("flow", ["--no-compensate"]),
     ("l1", []),
 ])
 def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys, criterion, options):
@@ -244,7 +244,8 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
     pruned = next(s for s in report["stages"] if s["name"] == "pruned")
     assert report["config"]["prune"]["criterion"] == criterion and report["config"]["seed"] == 3
     assert pruned["details"]["criterion"] == criterion
-    assert report["config"]["prune"]["compensate"] is pruned["details"]["compensate"] is ("--compensate" in options)
+    # compensation is on by default
+    assert report["config"]["prune"]["compensate"] is pruned["details"]["compensate"] is ("--no-compensate" not in options)
     removed = pruned["details"]["macs_removed"]
     if criterion == "vib":
         assert removed >= 0.4  # VIB may remove more than asked: the target is a floor

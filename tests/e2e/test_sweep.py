@@ -102,8 +102,8 @@ def test_a_failing_cell_is_a_row_and_the_sweep_exits_1(project, tmp_path, capsys
     capsys.readouterr()
     rows = {r["cell"]: r for r in json.loads((tmp_path / "out" / "sweep.json").read_text())}
     assert code == 1
-    assert rows["l1_s0.3_b-_cortex-m4"]["status"] == "done"
-    bad = rows["l1_s0.99_b-_cortex-m4"]
+    assert rows["flow_s0.3_b-_cortex-m4"]["status"] == "done"  # the default criterion
+    bad = rows["flow_s0.99_b-_cortex-m4"]
     assert (bad["status"], bad["exit_code"]) == ("failed", 2) and "could not remove 99% of MACs" in bad["error"]
 
 
