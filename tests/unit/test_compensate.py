@@ -55,8 +55,9 @@ def test_removing_a_predictable_channel_leaves_the_output_unchanged(kind):
     with torch.no_grad():
         after, without = model(xt), plain(xt)
     assert model[0].weight.shape[0] == 6
-    # exact up to the ridge term (RIDGE), against a move of the output without compensation
-    assert float((after - before).abs().max()) < 0.02 * float((without - before).abs().max())
+    # exact but for the Ledoit-Wolf shrinkage of the covariance (256 samples): a few percent of the
+    # move the output makes without compensation
+    assert float((after - before).abs().max()) < 0.05 * float((without - before).abs().max())
 
 
 def test_depthwise_consumers_are_left_alone():
