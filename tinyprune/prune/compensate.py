@@ -18,7 +18,7 @@ residual addition) cannot be compensated either.
 
 S is the Ledoit-Wolf shrunk covariance (scikit-learn): with the raw one the regression fits
 noise where a layer sees few vectors (a classifier after global pooling: one per sample), which on
-DS-CNN tripled the classifier's weights and cost 0.5 points after the fine-tune (benchmarks/RESULTS.md).
+DS-CNN tripled the classifier's weights and cost 0.3-0.6 points after the fine-tune (benchmarks/RESULTS.md).
 Statistics are measured on the model as it is when each group goes, so earlier removals and
 compensations are included.
 """
