@@ -53,7 +53,7 @@ def _moments(model: nn.Module, layers: list[nn.Module], x: np.ndarray, seed: int
     """Mean and covariance (float64) of each layer's input channels over ``x``, the covariance
     shrunk by Ledoit-Wolf: a linear layer after pooling or flattening sees one vector per sample,
     often fewer samples than inputs, and the raw covariance would make the regression fit noise
-    (on DS-CNN it tripled the classifier's weights and cost 0.6 points after the fine-tune)."""
+    (on DS-CNN it tripled the classifier's weights and cost 0.3-0.6 points after the fine-tune)."""
     from sklearn.covariance import LedoitWolf
 
     rows: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
