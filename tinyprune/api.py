@@ -240,7 +240,9 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
                        details={"criterion": prune_cfg.criterion, "steps": pruned.steps,
                                 "sparsity": prune_cfg.sparsity,
                                 "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
-                                "at_init": prune_cfg.at_init, "compensate": prune_cfg.compensate, **pruned.record})
+                                "at_init": prune_cfg.at_init,
+                                # compensation is not applied under at_init (prune/structured.py)
+                                "compensate": prune_cfg.compensate and not prune_cfg.at_init, **pruned.record})
 
 
 def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:
@@ -448,7 +450,7 @@ def analyze(source: ModelSource, cfg: CompressConfig, data_path: Path | None, ou
                                seed=cfg.seed, cache_dir=cfg.cache_dir)
         removed = {l["name"]: sorted(set(range(l["channels_before"])) - set(pruned.kept.get(l["name"], [])))
                    for l in pruned.layers}
-        marked = {"criterion": cfg.prune.criterion, "sparsity": cfg.prune.sparsity,
+        marked = {"criterion": cfg.prune.criterion, "sparsity": cfg.prune.sparsity, "compensate": cfg.prune.compensate,
                   "macs_before": pruned.macs_before, "macs_after": pruned.macs_after}
     layers = []
     for name, v in mi.items():

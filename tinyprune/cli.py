@@ -478,7 +478,10 @@ def _run(args) -> int:
         from tinyprune.config import CompressConfig, DataConfig, PruneConfig
 
         marked = args.criterion != "none"
-        prune = PruneConfig(criterion=args.criterion if marked else "l1", sparsity=args.sparsity)  # checks the name
+        # the criterion's own choice on the model as it is (compress --no-compensate): compensation
+        # would re-rank on rewritten weights and cost a forward pass per removed group
+        prune = PruneConfig(criterion=args.criterion if marked else "l1", sparsity=args.sparsity,
+                            compensate=False)  # checks the name
         cfg = CompressConfig(seed=args.seed, data=DataConfig(layout=args.layout), cache_dir=_cache_dir(args),
                              prune=prune)
         source = api.ModelSource(args.model, arch=args.arch, trust_code=args.trust_code)

@@ -107,3 +107,20 @@ def test_every_test_architecture_prunes_with_compensation_and_moves_less(name):
         with torch.no_grad():
             err[comp] = float(((pruned.model(torch.from_numpy(x)) - out) ** 2).mean())
     assert err[True] < err[False], err
+
+
+def test_compensated_pruning_is_deterministic_and_skipped_at_init(trained, digits):
+    """Same seed, same weights (the project's refactor check relies on it); --at-init prunes a
+    fresh initialization, which compensation must leave as initialized."""
+    model = trained("mlp")
+    splits = prepare(digits, MODELS["mlp"]().eval(), DataConfig(), seed=0)
+    x, y = splits.x_train[:300], splits.y_train[:300]
+    cfg = PruneConfig(criterion="flow", sparsity=0.5)
+    assert cfg.compensate  # the default
+    a, b = (prune_to_macs(model, cfg, x, y, classes=10, seed=1).model.state_dict() for _ in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    init = PruneConfig(criterion="l1", sparsity=0.5, at_init=True)
+    with_comp = prune_to_macs(model, init, x, y, classes=10, seed=1).model.state_dict()
+    without = prune_to_macs(model, PruneConfig(criterion="l1", sparsity=0.5, at_init=True, compensate=False), x, y,
+                            classes=10, seed=1).model.state_dict()
+    assert all(torch.equal(with_comp[k], without[k]) for k in without) and with_comp.keys() == without.keys()

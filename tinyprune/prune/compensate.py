@@ -13,8 +13,10 @@ x_K: exactly what the ``flow`` criterion ranks channels by, so compensation make
 the actual loss (He et al. 2017 and ThiNet fit the same least squares; this is the closed form
 on second moments, no solver). For a conv the regression is over channels, shared by every
 position and kernel tap; the mean term is exact except at zero-padded borders. A depthwise or
-grouped consumer loses the channel's filter with it and is left alone; an identity path (a
-residual addition) cannot be compensated either.
+grouped consumer loses the channel's filter with it and is left alone, and so is a linear layer
+with more than MAX_FEATURES inputs; an identity path (a residual addition) cannot be compensated
+either. ``prune`` does not compensate under ``at_init`` (a fresh initialization has nothing to
+carry over).
 
 S is the Ledoit-Wolf shrunk covariance (scikit-learn): with the raw one the regression fits
 noise where a layer sees few vectors (a classifier after global pooling: one per sample), which on
@@ -34,6 +36,9 @@ from tinyprune.prune.groups import removes_inputs
 RIDGE = 1e-6  # lambda relative to the kept channels' mean variance: numerical safety (Ledoit-Wolf shrinks)
 SAMPLES = 256  # analysis samples per measurement
 POSITIONS = 20000  # conv input vectors (sample x position) kept for the moments
+# a linear layer reading a large flattened map (C x H x W features) is left alone: its covariance
+# would take (C H W)^2 memory and a fit per removed group, from far fewer samples than features
+MAX_FEATURES = 1024
 
 
 def _consumers(group) -> list[tuple[nn.Module, list[int]]]:
@@ -44,6 +49,8 @@ def _consumers(group) -> list[tuple[nn.Module, list[int]]]:
         if not removes_inputs(item.dep) or not isinstance(layer, (nn.Conv2d, nn.Conv1d, nn.Linear)):
             continue
         if not isinstance(layer, nn.Linear) and layer.groups > 1:
+            continue
+        if isinstance(layer, nn.Linear) and layer.in_features > MAX_FEATURES:
             continue
         out.append((layer, list(item.idxs)))
     return out
@@ -120,7 +127,9 @@ def compensate(model: nn.Module, group, x: np.ndarray, seed: int = 0) -> int:
             offset = torch.einsum("or...,r->o", wr, shift)
             layer.weight.copy_(w.to(layer.weight.dtype))
             if layer.bias is None:
-                layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+                w0 = layer.weight
+                layer.bias = nn.Parameter(torch.zeros(w0.shape[0], dtype=w0.dtype, device=w0.device),
+                                          requires_grad=w0.requires_grad)
             layer.bias.add_(offset.to(layer.bias.dtype))
         changed += 1
     return changed

@@ -81,6 +81,8 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
         macs1, params1 = count_torch(model, example)
         return PruneResult(model, macs0, macs1, params0, params1, _layers(before, now), 0, kept, step.record, source)
     importance = criterion.importance(model, ctx, step)
+    # pruning before training keeps the fresh initialization: there is nothing learned to carry over
+    compensating = cfg.compensate and not cfg.at_init
     if hasattr(importance, "kept"):
         importance.kept = kept  # lets measured scores follow the channels between measurements
     target = (1.0 - cfg.sparsity) * macs0
@@ -121,9 +123,9 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
                     overshoot = True  # this group would carry the cut past the target: land instead
                     continue
                 predicted -= drop
-                follow_removal(kept, group, names)
-                if cfg.compensate:
+                if compensating:
                     compensate(model, group, ctx.x, ctx.seed)
+                follow_removal(kept, group, names)
                 group.prune()
             macs, _ = count_torch(model, example)
         steps += phase_steps
@@ -131,7 +133,7 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
             break
     if macs > target:
         steps += _land(model, example, importance, kept, names, classifier, target, floor, criterion.global_ranking,
-                       (lambda g: compensate(model, g, ctx.x, ctx.seed)) if cfg.compensate else None)
+                       (lambda g: compensate(model, g, ctx.x, ctx.seed)) if compensating else None)
         macs, _ = count_torch(model, example)
     if macs > target * 1.02:
         raise ConfigError(
@@ -188,9 +190,9 @@ def _land(model, example, importance, kept, names, classifier, target, floor, gl
         _, group, c, _ = choice
         root = group[0].dep
         single = graph.get_pruning_group(root.target.module, root.handler, c)
-        follow_removal(kept, single, names)
         if before_prune is not None:
             before_prune(single)
+        follow_removal(kept, single, names)
         single.prune()
         rounds += 1
         macs = count_torch(model, example)[0]
