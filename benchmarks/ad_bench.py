@@ -117,7 +117,7 @@ def main() -> None:
 
     def cfg(criterion: str, sparsity: float) -> CompressConfig:
         # the accuracy budget is off: every level is measured as asked (points of AUC are reported)
-        return CompressConfig(prune=PruneConfig(criterion=criterion, sparsity=sparsity),
+        return CompressConfig(prune=PruneConfig(criterion=criterion, sparsity=sparsity, compensate=False),
                               finetune=FinetuneConfig(epochs=args.finetune_epochs), max_accuracy_drop=100.0,
                               sharing=None if args.no_sharing else SharingConfig())
 

@@ -88,7 +88,7 @@ def run(name: str, level: float, epochs: int, finetune: int) -> list[dict]:
 
     model_path, data_path = trained(name, epochs)
     out = OUT / f"{name}_{int(level * 100)}"
-    cfg = CompressConfig(prune=PruneConfig(sparsity=level), finetune=FinetuneConfig(epochs=finetune if level else 0))
+    cfg = CompressConfig(prune=PruneConfig("l1", level, compensate=False), finetune=FinetuneConfig(epochs=finetune if level else 0))
     t = time.perf_counter()
     report = compress(ModelSource(model_path), cfg, data_path=data_path, out_dir=out).to_dict()
     seconds = time.perf_counter() - t

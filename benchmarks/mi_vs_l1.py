@@ -60,7 +60,7 @@ def main() -> None:
                 ft = pick[:args.finetune_samples]
                 retrain = lambda m, label: fit(m, xtr[ft], ytr[ft], FinetuneConfig(epochs=1, lr=1e-3, batch_size=128), seed)
                 try:
-                    pruned = prune_to_macs(base, PruneConfig(criterion=criterion, sparsity=level), xa, ya,
+                    pruned = prune_to_macs(base, PruneConfig(criterion=criterion, sparsity=level, compensate=False), xa, ya,
                                            classes=10, retrain=retrain)
                 except ConfigError as exc:  # the criterion could not reach the MAC target: say so
                     results.append({"level": level, "criterion": criterion, "seed": seed, "failed": str(exc)})

@@ -83,7 +83,7 @@ def main() -> None:
     levels, runs = [float(v) for v in args.sparsity.split(",")], []
     for level in levels:
         t = time.perf_counter()
-        result = prune_to_macs(model, PruneConfig(criterion="l1", sparsity=level), xs[:600], ys[:600], 10)
+        result = prune_to_macs(model, PruneConfig(criterion="l1", sparsity=level, compensate=False), xs[:600], ys[:600], 10)
         acc_p = accuracy(result.model, xte, yte)
         widths = {l["name"]: (l["channels_before"], l["channels_after"]) for l in result.layers}
         print(f"# pruned ({level:.0%} of MACs, l1): {result.macs_before:,} -> {result.macs_after:,} MACs, "
