@@ -241,8 +241,7 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
                                 "sparsity": prune_cfg.sparsity,
                                 "macs_removed": 1 - pruned.macs_after / pruned.macs_before,
                                 "at_init": prune_cfg.at_init,
-                                # compensation is not applied under at_init (prune/structured.py)
-                                "compensate": prune_cfg.compensate and not prune_cfg.at_init, **pruned.record})
+                                "compensate": prune_cfg.compensating, **pruned.record})
 
 
 def _finetune(state: RunState, cfg: CompressConfig) -> StageRecord:

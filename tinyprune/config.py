@@ -40,6 +40,11 @@ class PruneConfig:
     # for its defaults, is turned into it here, so a bad name or option fails before any slow work
     options: object = None
 
+    @property
+    def compensating(self) -> bool:
+        """Whether compensation runs: not under at_init, where a fresh initialization has nothing to carry over."""
+        return self.compensate and not self.at_init
+
     def __post_init__(self):
         from tinyprune.prune import protocol  # light: no torch
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinyprune.prune.groups import removes_inputs
+from tinyprune.prune.groups import forward_with_hooks, removes_inputs
 
 RIDGE = 1e-6  # lambda relative to the kept channels' mean variance: numerical safety (Ledoit-Wolf shrinks)
 SAMPLES = 256  # analysis samples per measurement
@@ -57,32 +57,21 @@ def _consumers(group) -> list[tuple[nn.Module, list[int]]]:
 
 
 def _moments(model: nn.Module, layers: list[nn.Module], x: np.ndarray, seed: int) -> dict:
-    """Mean and covariance (float64) of each layer's input channels over ``x``, the covariance
-    shrunk by Ledoit-Wolf: a linear layer after pooling or flattening sees one vector per sample,
-    often fewer samples than inputs, and the raw covariance would make the regression fit noise
-    (on DS-CNN it tripled the classifier's weights and cost 0.3-0.6 points after the fine-tune)."""
+    """Mean and Ledoit-Wolf covariance (float64) of each layer's input channels over ``x``."""
     from sklearn.covariance import LedoitWolf
 
     rows: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
 
-    def hook(module, inputs):
+    def hook(module, inputs, _output):
+        if module not in rows:
+            return
         t = inputs[0].detach()
         if isinstance(module, nn.Linear):
             rows[module].append(t.reshape(-1, t.shape[-1]))
         else:
             rows[module].append(t.transpose(0, 1).reshape(t.shape[1], -1).T)  # [samples x positions, C]
 
-    handles = [m.register_forward_pre_hook(hook) for m in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(x), 128):
-                model(torch.from_numpy(x[start:start + 128]))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    forward_with_hooks(model, (torch.from_numpy(x[s:s + 128]) for s in range(0, len(x), 128)), hook)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for m, parts in rows.items():

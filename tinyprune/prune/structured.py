@@ -81,8 +81,7 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
         macs1, params1 = count_torch(model, example)
         return PruneResult(model, macs0, macs1, params0, params1, _layers(before, now), 0, kept, step.record, source)
     importance = criterion.importance(model, ctx, step)
-    # pruning before training keeps the fresh initialization: there is nothing learned to carry over
-    compensating = cfg.compensate and not cfg.at_init
+    compensating = cfg.compensating
     if hasattr(importance, "kept"):
         importance.kept = kept  # lets measured scores follow the channels between measurements
     target = (1.0 - cfg.sparsity) * macs0
