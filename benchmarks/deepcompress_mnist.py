@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4, help="learning rate of the pruning rounds")
     ap.add_argument("--bits", default=None, help="override the paper's bits")
     ap.add_argument("--tflm-samples", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0, help="of the dense training and of the compression")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -75,14 +76,14 @@ def main() -> None:
     xtr, ytr, xte, yte = load_dataset("mnist")
     base, train_s = dense_model(args.model, xtr, ytr, FinetuneConfig(
         epochs=args.train_epochs, lr=args.train_lr, batch_size=128, optimizer=args.train_optimizer,
-        weight_decay=args.weight_decay if args.train_optimizer == "sgd" else 0.0))
+        weight_decay=args.weight_decay if args.train_optimizer == "sgd" else 0.0), args.seed)
     base_err = 100 * (1 - accuracy(base, xte, yte))
     cfg = DeepCompressConfig(weight_sparsity=max(paper["layers"].values()), overrides=paper["layers"], bits=bits,
                              gap_bits=paper["gap_bits"], prune_rounds=args.rounds, prune_epochs=args.round_epochs,
                              centroid_epochs=args.centroid_epochs, lr=args.lr, batch_size=64, lut_ready=True,
                              optimizer=args.optimizer, weight_decay=args.weight_decay)
     t = time.perf_counter()
-    res = run_deepcompress(base, xtr, ytr, xte, yte, cfg, seed=0)
+    res = run_deepcompress(base, xtr, ytr, xte, yte, cfg, seed=args.seed)
     stage_s = time.perf_counter() - t
     errs = {r.name: 100 * (1 - r.accuracy) for r in res.records}
     ratios = res.ratios
@@ -139,7 +140,7 @@ def main() -> None:
         {"base_error": base_err, "errors": errs, "ratios": ratios, "tflm_error": tflm_err,
          "clustered_float_error_same_images": float_err_same, "weights_only_ratio": weights_ratio, "rounds": rounds, "table": res.table,
          "lut": lut.to_dict(), "check": check, "config": cfg.to_dict(), "train_seconds": train_s,
-         "stage_seconds": stage_s, "wall_seconds": wall_s}, indent=1, default=str))
+         "stage_seconds": stage_s, "wall_seconds": wall_s, "seed": args.seed}, indent=1, default=str))
 
 
 if __name__ == "__main__":

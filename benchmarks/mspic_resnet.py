@@ -64,7 +64,7 @@ def size(gm, x1) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56", "resnet56_s2"])
     ap.add_argument("--train-epochs", type=int, default=8)
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--max-error-increase", type=float, default=0.03,

@@ -46,7 +46,10 @@ def main() -> None:
     ap.add_argument("--layer-gamma", default="", help="per gated layer multipliers of gamma, e.g. 1,1,0.5")
     ap.add_argument("--vib-epochs", type=int, default=10)
     ap.add_argument("--gate-lr", type=float, default=None, help="default: auto (1e-2 on MNIST)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="VIB training (and fine-tune at half of it)")
+    ap.add_argument("--vib-optimizer", choices=("adam", "sgd"), default="adam",
+                    help="VIB training and fine-tune; sgd: momentum 0.9, gates at --lr too, as the authors' code")
+    ap.add_argument("--vib-weight-decay", type=float, default=0.0, help="L2 on weights and gates in VIB training")
     ap.add_argument("--threshold", type=float, default=0.0)
     ap.add_argument("--finetune-epochs", type=int, default=2, help="plain fine-tune of the pruned model (0: none)")
     ap.add_argument("--no-input-gates", action="store_true")
@@ -85,7 +88,8 @@ def main() -> None:
         layer_gamma = tuple(float(v) for v in args.layer_gamma.split(",") if v.strip()) or None
         cfg = VibConfig(gamma=gamma, epochs=args.vib_epochs, lr=args.lr, gate_lr=args.gate_lr,
                         threshold=args.threshold, batch_size=100, gate_inputs=not args.no_input_gates,
-                        seed=args.seed, layer_gamma=layer_gamma)
+                        seed=args.seed, layer_gamma=layer_gamma, optimizer=args.vib_optimizer,
+                        weight_decay=args.vib_weight_decay)
         t = time.perf_counter()
         pruned, report = vib_prune(base, xtr, ytr, cfg, classes=10)
         secs = time.perf_counter() - t
@@ -98,8 +102,9 @@ def main() -> None:
             first = next(m for m in pruned.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
             dead = (first.weight.detach() == 0).all(0)
             hook = first.weight.register_hook(lambda g: g.masked_fill(dead.expand_as(g), 0.0))
-            tuned = fit(pruned, xtr, ytr, FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr / 2,
-                                                         batch_size=128), seed=args.seed)
+            tuned = fit(pruned, xtr, ytr, FinetuneConfig(
+                epochs=args.finetune_epochs, lr=args.lr / 2, batch_size=128, optimizer=args.vib_optimizer,
+                weight_decay=args.vib_weight_decay), seed=args.seed)
             hook.remove()
             err_ft = 1 - accuracy(tuned, xte, yte)
         rows.append([f"VIB gamma={gamma:g}", widths, f"{err:.2%}", "-" if err_ft is None else f"{err_ft:.2%}",

@@ -289,3 +289,30 @@ def test_vib_criterion_through_prune_to_macs(trained, splits):
                            x[:300], y[:300], 10, train=(x, y))
     assert deeper.macs_after <= 0.05 * deeper.macs_before * 1.02
     assert set(deeper.kept["1"]) <= set(gated["1"]["kept"])
+
+
+def test_sgd_moves_the_gates_at_the_networks_rate_with_weight_decay_on_both(splits):
+    """The authors' solver: SGD with momentum, the gates at the network's learning rate, L2 on all."""
+    torch.manual_seed(0)
+    model = MODELS["mlp"]()
+    x, y = splits.x_train, splits.y_train
+    gated = train_vib(model, x, y, epochs=4, gamma=0.2, lr=0.05, batch_size=50, seed=0, classes=10,
+                      optimizer="sgd", weight_decay=1e-3)
+    registry = gates_of(gated)
+    assert registry.gate_lr == 0.05
+    kls = [h["kl"] for h in registry.history]
+    assert kls[-1] < 0.7 * kls[0]
+    stats = gate_stats(gated)
+    assert sum(int((~s["mask"]).sum()) for s in stats.values()) > 0
+    # without the KL, weight decay alone pulls log sigma^2 from -9 towards 0 and mu towards 0
+    plain = train_vib(MODELS["mlp"](), x, y, epochs=2, gamma=0.0, lr=0.05, batch_size=50, seed=0, classes=10,
+                      optimizer="sgd", weight_decay=0.1)
+    g = next(iter(gates_of(plain).gates.values()))
+    assert float(g.log_sigma2.detach().mean()) > -8.5
+
+
+def test_vib_optimizer_settings_are_checked():
+    with pytest.raises(ConfigError, match="--vib-optimizer"):
+        VibConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="--vib-weight-decay"):
+        VibConfig(weight_decay=-1e-4)

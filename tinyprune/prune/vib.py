@@ -85,6 +85,11 @@ class VibConfig:
     init_log_sigma2: float = -9.0  # authors' code: init_mag = 9
     gate_inputs: bool = False  # also gate the first layer's inputs (paper's LeNet-300-100 table)
     layer_gamma: tuple[float, ...] | None = None  # per gated layer multiplier, in gate order; None: all 1
+    # "adam", or "sgd" with momentum 0.9 as the authors' code trains (there gates share the
+    # network's rate: gate_lr None means lr); weight_decay applies to weights and gates alike, as
+    # the authors' ib_wd defaults to their weight decay
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -96,6 +101,10 @@ class VibConfig:
             raise ConfigError("VIB learning rate must be > 0 and batch size >= 1")
         if not math.isfinite(self.threshold) or not math.isfinite(self.init_log_sigma2):
             raise ConfigError("VIB threshold and initial log sigma^2 must be finite numbers")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"--vib-optimizer must be adam or sgd, got {self.optimizer!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
+            raise ConfigError(f"--vib-weight-decay must be in [0, 1), got {self.weight_decay!r}")
         if self.layer_gamma is not None and any(not (g >= 0 and math.isfinite(g)) for g in self.layer_gamma):
             raise ConfigError(f"layer_gamma must hold numbers >= 0, got {self.layer_gamma!r}")
 
@@ -121,8 +130,10 @@ def kl_total(model: nn.Module, layer_gamma: Sequence[float] | None = None) -> to
 def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma: float, lr: float = 1e-3,
               batch_size: int = 100, seed: int = 0, progress: Progress = _quiet, classes: int | None = None,
               layer_gamma: Sequence[float] | None = None, gate_inputs: bool = False,
-              init_log_sigma2: float = -9.0, threshold: float = 0.0, gate_lr: float | None = None) -> nn.Module:
-    """Train ``model`` with loss CE + gamma * sum_i layer_gamma_i * KL_i (Adam, cosine schedule).
+              init_log_sigma2: float = -9.0, threshold: float = 0.0, gate_lr: float | None = None,
+              optimizer: str = "adam", weight_decay: float = 0.0) -> nn.Module:
+    """Train ``model`` with loss CE + gamma * sum_i layer_gamma_i * KL_i (``optimizer`` Adam or
+    SGD with momentum, cosine schedule, ``weight_decay`` on weights and gates).
 
     For float targets (regression, reconstruction) the loss is the squared error; the KL weight is
     then taken in the same units as for classes, nats per sample: under a Gaussian likelihood
@@ -134,7 +145,8 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
     The gates get their own learning rate ``gate_lr``: Adam moves a parameter by about its
     learning rate per step whatever gamma is, and log sigma^2 starts at -9, so at the network's
     rate (1e-3) a unit needs ~9000 steps before its gate can close. ``gate_lr=None``:
-    ``max(1e-2, 20 / steps)`` for the run's number of steps (1e-2 from 2000 steps on).
+    ``max(1e-2, 20 / steps)`` for the run's number of steps (1e-2 from 2000 steps on). SGD
+    moves a gate by its gradient instead, so there ``gate_lr=None`` is ``lr``, the authors' setting.
 
     Gates are inserted first if the model has none (in place). Returns the gated model in eval
     mode; ``model.vib_gates.history`` holds per epoch the mean CE, the unweighted KL sum and
@@ -160,7 +172,7 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
         return model.eval()
     steps = (len(x) + batch_size - 1) // batch_size
     if gate_lr is None:
-        gate_lr = max(1e-2, 20.0 / (steps * epochs))
+        gate_lr = lr if optimizer == "sgd" else max(1e-2, 20.0 / (steps * epochs))
     registry.gate_lr = gate_lr
     kl_weight = gamma * _nats_per_squared_error(model, x, y)
     registry.kl_weight = kl_weight
@@ -175,7 +187,7 @@ def train_vib(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, gamma
         snapshot(start + epoch, ce[0] / max(ce[1], 1))
         ce[:] = [0.0, 0]
 
-    fit(model, x, y, FinetuneConfig(epochs, lr, batch_size), seed, progress, "VIB", on_epoch,
+    fit(model, x, y, FinetuneConfig(epochs, lr, batch_size, optimizer, weight_decay), seed, progress, "VIB", on_epoch,
         extra_loss=lambda m: kl_weight * kl_total(m, layer_gamma), on_batch=on_batch,
         loss_name="CE" if is_class_labels(y) else "MSE",  # fit's loss follows the targets
         param_groups=[{"params": list(model.parameters()), "lr": lr},
@@ -346,7 +358,8 @@ def vib_prune(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, cfg: V
     widths0 = {n: _units(m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     insert_gates(model, example, classes, cfg.gate_inputs, cfg.init_log_sigma2, cfg.threshold)
     train_vib(model, x_train, y_train, cfg.epochs, cfg.gamma, cfg.lr, cfg.batch_size, cfg.seed, progress,
-              layer_gamma=cfg.layer_gamma, gate_lr=cfg.gate_lr)
+              layer_gamma=cfg.layer_gamma, gate_lr=cfg.gate_lr, optimizer=cfg.optimizer,
+              weight_decay=cfg.weight_decay)
     stats = gate_stats(model)
     history = list(gates_of(model).history)
     gate_lr = getattr(gates_of(model), "gate_lr", cfg.gate_lr)

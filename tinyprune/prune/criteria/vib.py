@@ -8,7 +8,9 @@ class VibOptions:
     gamma: float = 5e-4  # KL weight per unit (larger removes more)
     epochs: int = 10  # VIB training epochs
     threshold: float = 0.0  # remove units with log(mu^2/sigma^2) below this (Dai et al. 2018: 0)
-    lr: float = 1e-3  # Adam learning rate of the network weights
+    lr: float = 1e-3  # learning rate of the network weights (and of the gates with sgd)
+    optimizer: str = "adam"  # or "sgd" (momentum 0.9), the authors' solver
+    weight_decay: float = 0.0  # L2 on weights and gates (the authors' code: 1e-4 with sgd)
     # per gated layer, in layer order, a multiplier of gamma (Dai et al. 2018's code: kl_mult per
     # layer), e.g. "1,1,0.25"; empty: 1 for every layer
     layer_gamma: str = ""
@@ -50,7 +52,8 @@ class Vib(Criterion):
         o = self.config
         multipliers = tuple(float(v) for v in o.layer_gamma.split(",") if v.strip()) or None
         cfg = VibConfig(gamma=o.gamma, epochs=o.epochs, threshold=o.threshold, lr=o.lr, seed=ctx.seed,
-                        layer_gamma=multipliers, gate_inputs=o.gate_inputs)
+                        layer_gamma=multipliers, gate_inputs=o.gate_inputs, optimizer=o.optimizer,
+                        weight_decay=o.weight_decay)
         x, y = ctx.train_data()
         pruned, report = vib_prune(model, x, y, cfg, ctx.classes, ctx.progress)
         self.log_alpha = report["log_alpha"]
