@@ -36,7 +36,7 @@ def _widths(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="lenet_300_100", choices=["lenet_300_100", "lenet5"])
+    ap.add_argument("--model", default="lenet_300_100", choices=["lenet_300_100", "lenet5", "lenet5_caffe"])
     ap.add_argument("--gamma", default="2e-3", help="comma-separated VIB gammas")
     ap.add_argument("--train-epochs", type=int, default=8)
     ap.add_argument("--train-optimizer", choices=("adam", "sgd"), default="adam",

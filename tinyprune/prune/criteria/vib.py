@@ -34,6 +34,10 @@ class VibOptions:
             raise ConfigError(f"--vib-epochs must be >= 0, got {self.epochs}")
         if not self.lr > 0:
             raise ConfigError(f"--vib-lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"--vib-optimizer must be adam or sgd, got {self.optimizer!r}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"--vib-weight-decay must be in [0, 1), got {self.weight_decay}")
 
 
 @register
