@@ -251,6 +251,7 @@ def test_every_criterion_through_compress(tmp_path, trained, digits_npz, capsys,
         assert removed >= 0.4  # VIB may remove more than asked: the target is a floor
         assert pruned["details"]["prepared"]["config"]["seed"] == 3  # --seed reached VIB
         assert report["config"]["prune"]["options"] == {"gamma": 0.01, "epochs": 2, "threshold": 0.0, "lr": 1e-3,
+                                                         "optimizer": "adam", "weight_decay": 0.0,
                                                          "layer_gamma": "", "gate_inputs": False, "per_mac": True}
     elif criterion == "mipp":  # MIPP meets the target in its own step (its cost model, its fill)
         assert 0.4 <= removed <= 0.45, removed
