@@ -35,6 +35,10 @@ class UnsafeCode(UnsupportedModel):
     """The file is TorchScript: loading and running it runs its own code."""
 
 
+class ResourceLimit(UnsupportedModel):
+    """Reading or analysing an untrusted model went past its time limit or memory cap."""
+
+
 class DataError(InputError):
     """The data does not fit the model (shape, labels, size)."""
 

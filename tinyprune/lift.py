@@ -13,14 +13,17 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from tinyprune import limits
 from tinyprune.errors import UnsupportedModel
 from tinyprune.load import LoadedModel
+from tinyprune.pt2_names import check_graph
 
 aten = torch.ops.aten
 _CONV = {aten.conv2d.default, aten.conv1d.default, aten.convolution.default}
 _LINEAR = {aten.linear.default}
 _BN = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+LIFT_SECONDS = 60
 
 
 def _attr(gm: fx.GraphModule, node) -> torch.Tensor | None:
@@ -171,6 +174,7 @@ def lift_graph(gm: fx.GraphModule) -> fx.GraphModule:
             gm.add_submodule(preferred, module)
             node.target = preferred
     graph.lint()
+    check_graph(gm, "the lifted model")  # the GraphModule below compiles these names into its forward
     # A plain GraphModule: ExportedProgram.module() forbids eval() and carries export hooks.
     return fx.GraphModule(gm, graph, class_name="LiftedModel")
 
@@ -208,10 +212,13 @@ def to_module(loaded: LoadedModel, example: torch.Tensor) -> nn.Module:
             program = TS2EPConverter(loaded.obj, (example,)).convert()
         except Exception as exc:
             raise UnsupportedModel(f"cannot convert TorchScript {loaded.path.name} to a graph: {str(exc).splitlines()[0][:200]}") from None
-    else:
-        program = loaded.obj
-    lifted = lift_graph(program.module())
-    _check_same(loaded, lifted, example)
+        lifted = lift_graph(program.module())
+        _check_same(loaded, lifted, example)
+        return lifted.eval()
+    # the graph came from an untrusted archive: running it once is bounded like reading it
+    with limits.bounded(f"running {loaded.path.name}", LIFT_SECONDS):
+        lifted = lift_graph(loaded.obj.module())
+        _check_same(loaded, lifted, example)
     return lifted.eval()
 
 

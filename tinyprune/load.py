@@ -20,6 +20,7 @@ from typing import Any
 from tinyprune.errors import ConfigError, UnsafeCode, UnsafePickle, UnsupportedModel
 
 FORMATS = ("pickled-module", "state-dict", "torchscript", "exported-program")
+READ_SECONDS = 30  # an untrusted archive is checked and loaded within this, or refused (exit 2)
 
 
 @dataclass
@@ -172,6 +173,24 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+def _load_exported(path: Path):
+    import torch
+
+    from tinyprune.limits import is_allocation_failure
+    from tinyprune.pt2_inspect import read_pt2
+    from tinyprune.pt2_names import check_program
+
+    archive = read_pt2(path)  # the checked bytes: torch.export.load can run code from the archive
+    try:
+        program = torch.export.load(archive)
+    except Exception as exc:
+        if is_allocation_failure(exc):
+            raise  # the memory cap: ``limits.bounded`` reports it
+        raise UnsupportedModel(f"{path.name} is not a loadable torch.export program ({_first_line(exc)})") from None
+    check_program(program, path.name)  # before ExportedProgram.module() turns the names into code
+    return program
+
+
 def check_model_file(path: str | Path) -> Path:
     """The path, if it names a non-empty file; else UnsupportedModel saying what is wrong."""
     path = Path(path)
@@ -189,18 +208,15 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_code: bool = 
 
     import torch
 
-    names = _zip_names(path)
-    if names is None and path.read_bytes()[:4] == b"PK\x03\x04":
-        raise UnsupportedModel(f"{path.name} is corrupt or truncated (a zip archive without its directory)")
-    kind = _kind(path, names)
-    if kind == "exported-program":
-        from tinyprune.pt2_inspect import inspect_pt2
+    from tinyprune import limits
 
-        inspect_pt2(path)  # before torch reads anything: torch.export.load can run code from the archive
-        try:
-            return LoadedModel(torch.export.load(path), "exported-program", path)
-        except Exception as exc:
-            raise UnsupportedModel(f"{path.name} is not a loadable torch.export program ({_first_line(exc)})") from None
+    with limits.bounded(f"reading {path.name}", READ_SECONDS):
+        names = _zip_names(path)
+        if names is None and path.read_bytes()[:4] == b"PK\x03\x04":
+            raise UnsupportedModel(f"{path.name} is corrupt or truncated (a zip archive without its directory)")
+        kind = _kind(path, names)
+        if kind == "exported-program":
+            return LoadedModel(_load_exported(path), "exported-program", path)
     if kind == "torchscript":
         if not trust_code:
             raise UnsafeCode(f"{path.name} is TorchScript, which runs its own code; pass --trust-code if you trust "
