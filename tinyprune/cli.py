@@ -55,7 +55,8 @@ def _model_and_data(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     _cache_flags(p)
     p.add_argument("--runtime", default=None,
-                   help="inference engine the latency is predicted for (default tflm-cmsis-nn 2.3.1; see `tinyprune runtimes`)")
+                   help="inference engine the latency is predicted for, any case, with or without a version "
+                        "(default tflm: TFLM + CMSIS-NN as the hand-off files build it; see `tinyprune runtimes`)")
     p.add_argument("--clock-mhz", type=float, default=None, help="the board's clock, overriding the target's")
     p.add_argument("--target", default="cortex-m4", help="microcontroller target (see `tinyprune targets`)")
     p.add_argument("--out", type=Path, help="output folder (replaced only when the run succeeds)")
@@ -80,8 +81,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", action="store_true",
                    help="search the MAC reduction (instead of --sparsity) for the most accurate deployed model that "
                         "fits the target's flash and RAM and the --max-* budgets; exit 1 when nothing fits")
-    p.add_argument("--max-flash", default=None, help="--fit: flatbuffer budget, e.g. 64KiB (default: the target's)")
-    p.add_argument("--max-ram", default=None, help="--fit: TFLM arena budget, e.g. 32KiB (default: the target's)")
+    p.add_argument("--max-flash", default=None,
+                   help="--fit: firmware flash budget (model + runtime code), e.g. 128KiB (default: the target's)")
+    p.add_argument("--max-ram", default=None,
+                   help="--fit: firmware RAM budget (arena + stack and static data), e.g. 48KiB (default: the target's)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="--fit: predicted latency budget on the target")
     p.add_argument("--max-energy-uj", type=float, default=None, help="--fit: predicted energy budget per inference")
     p.add_argument("--calib-samples", type=int, default=None,
@@ -318,8 +321,8 @@ def _print_report(report) -> None:
     if report.fit:
         for i, t in enumerate(report.fit["trials"]):
             console.print(f"{'->' if i == report.fit['chosen'] else '  '} --fit trial: {t['sparsity']:.0%} MACs "
-                          f"removed, {t['artifact']}, {t['accuracy']:.2%}, {t['flash_bytes']:,} B flash, "
-                          f"{t['arena_bytes']:,} B arena: {'fits' if t['fits'] else 'misses ' + ', '.join(t['misses'])}")
+                          f"removed, {t['artifact']}, {t['accuracy']:.2%}, {t['flash_bytes']:,} B firmware flash, "
+                          f"{t['ram_bytes']:,} B RAM: {'fits' if t['fits'] else 'misses ' + ', '.join(t['misses'])}")
     dep = report.deployed or {}
     if dep:
         sharing = dep.get("weight_sharing") or {}
@@ -430,14 +433,14 @@ def _run(args) -> int:
     if args.command == "runtimes":
         from tinyprune.measure import runtimes  # light: TOML only
 
-        cores = runtimes.table()["cores"]
-        print("calibrated cores (cycles relative to Cortex-M4): "
-              + ", ".join(f"{c} {f[0]:.2f}" for c, f in sorted(cores.items())))
-        for name in runtimes.names():
+        cyc = runtimes.table()["cycles"]
+        print(f"{runtimes.DEFAULT_RUNTIME:34} (default) TFLM + CMSIS-NN as calibrated; {cyc['tflm_cpi']:.3f} cycles "
+              f"per instruction on {cyc['tflm_core']}; band +-{100 * cyc['band']:.0f} % "
+              f"({100 * runtimes.table()['calibration']['coverage']:.0f} % interval), x2 on other cores")
+        for name in runtimes.names()[1:]:
             spec = runtimes.table()["runtime"][name]
-            check = "extrapolated (published on one core)" if spec["extrapolated"] else \
-                f"+-{100 * spec['band']:.0f} % on boards left out of the fit"
-            print(f"{name:34} fitted on {', '.join(spec['cores'])}; {check}")
+            print(f"{name:34} fitted on {', '.join(spec['cores'])}")
+        print("Any case, with or without a version: x-cube-ai, 'X-CUBE-AI 7.3.0', plumerai, tflm.")
         return 0
 
     # Heavy imports only for the commands that need them: `--help` and `targets` stay instant.

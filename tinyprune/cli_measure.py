@@ -45,8 +45,8 @@ def add_parsers(subparsers) -> None:
                    help="microcontroller target (see `tinyprune targets`), or your board's TOML file "
                         "(base = \"cortex-m4\" and the keys that differ, see targets/SCHEMA.md)")
     m.add_argument("--runtime", default=None,
-                   help="inference engine the latency is predicted for (default tflm-cmsis-nn 2.3.1; "
-                        "`tinyprune runtimes` lists the models fitted to MLPerf Tiny results)")
+                   help="inference engine the latency is predicted for, any case, with or without a version "
+                        "(default tflm; `tinyprune runtimes` lists them)")
     m.add_argument("--clock-mhz", type=float, default=None, help="the board's clock, overriding the target's")
     m.add_argument("--input-shape", type=_shape, help="one sample's shape for PyTorch/ONNX models, e.g. 1,28,28")
     m.add_argument("--arch", help="package.module:factory, for a state_dict file")
@@ -185,47 +185,26 @@ def print_measurement(r: dict) -> None:
         t.add_row(str(l["index"]), l["op"], name, out, f"{l['params']:,}", f"{l['macs']:,}", f"{l['weight_bytes']:,}",
                   f"{l['activation_bytes']:,}", f"{l['energy_pj'] / 1e3:.2f}", f"{l['latency_us']:.1f}")
     console.print(t)
+    from tinyprune.measure.deployed import of
+
     tot = r["totals"]
-    fits = tot["fits"]
+    c = of(r)
     lines = [
         f"MACs {tot['macs']:,} (FLOPs {tot['flops']:,}: 2 per MAC of conv/depthwise/fully-connected ops); "
         f"params {tot['params']:,}; non-MAC work {tot['elements']:,} elements",
-        f"flash: model {_kib(tot['flash_bytes'])} ({tot['flash_source']}) + runtime {_kib(tot['runtime_flash_bytes'])} "
-        f"= {_kib(tot['flash_total_bytes'])} of {_kib(tgt['flash_bytes'])}: {'fits' if fits['flash'] else 'DOES NOT FIT'}",
-        f"RAM: {_kib(tot['ram_bytes'])} ({tot['ram_source']}) + runtime {_kib(tot['runtime_ram_bytes'])} "
-        f"= {_kib(tot['ram_total_bytes'])} of {_kib(tgt['ram_bytes'])}: {'fits' if fits['ram'] else 'DOES NOT FIT'}; "
-        f"planned activation peak {_kib(tot['peak_activation_bytes'])}",
+        f"model: {_kib(tot['flash_bytes'])} ({tot['flash_source']}); arena {_kib(tot['ram_bytes'])} "
+        f"({tot['ram_source']}); planned activation peak {_kib(tot['peak_activation_bytes'])}",
+        f"costed as: {c.basis}",
+        *c.lines(tgt["name"]),
+        f"fits {tgt['name']}: " + ("yes" if c.fits else "NO (" + "; ".join(c.misses()) + ")"),
     ]
-    e = r["energy"]
-    f = e["floor_45nm"]
-    lines.append(f"energy, 45 nm floor: {f['total_uj']:.4g} uJ (compute {f['compute_uj']:.3g}, weights {f['weights_uj']:.3g} "
-                 f"from {f['weight_memory']}, activations {f['activations_uj']:.3g} from {f['activation_memory']}); "
-                 f"same graph as fp32 {f['as_fp32_uj']:.4g} uJ, as int8 {f['as_int8_uj']:.4g} uJ")
-    if "target_estimate" in e:
-        te = e["target_estimate"]
-        lines.append(f"energy, target-calibrated estimate: {te['total_uj']:.4g} uJ ({te['pj_per_cycle']:g} pJ/cycle x "
-                     f"{te['cycles']:,} predicted cycles). The 45 nm figure counts only arithmetic and data movement: "
-                     "a floor; the estimate includes everything the chip spends per cycle")
-    p = r["latency"]["predicted"]
-    if r["precision"] in ("fp32", "fp16"):
-        lines.append(f"latency predicted on {tgt['name']} at {tgt['clock_hz'] / 1e6:g} MHz: {p['optimized']['ms']:.3f} ms "
-                     "(float kernels; convert to int8 with --int8 for the CMSIS-NN-class estimate)")
-    else:
-        lines.append(f"latency predicted on {tgt['name']} at {tgt['clock_hz'] / 1e6:g} MHz: {p['optimized']['ms']:.3f} ms "
-                     "(per-kind rates fitted to X-CUBE-AI 7.3), "
-                     f"{p['reference']['ms']:.3f} ms (rates fitted to the MLPerf Tiny v0.5 TFLM build)")
-    rt = r["latency"].get("predicted_runtime")
-    if rt and r["precision"] == "int8":
-        lines.append(f"latency predicted for {rt['runtime']} on {rt['core']} at {rt['clock_hz'] / 1e6:g} MHz: "
-                     f"{rt['ms']:.3f} ms ({rt['ms_low']:.3f}-{rt['ms_high']:.3f}, +-{100 * rt['band']:.0f} %"
-                     + (", extrapolated: not validated on a board it was not fitted to" if rt["extrapolated"] else
-                        ", the band is the median error on boards left out of the fit")
-                     + "; fitted to MLPerf Tiny results)")
-        if "energy_uj_mlperf_board" in rt:
-            lines.append(f"energy at the {rt['energy_board']}'s measured {rt['energy_pj_per_cycle']:.0f} pJ/cycle "
-                         f"(MLPerf Tiny, whole board): {rt['energy_uj_mlperf_board']:.4g} uJ for those cycles")
+    f = r["energy"]["floor_45nm"]
+    lines.append(f"45 nm floor (arithmetic and data movement only, not what the board spends): {f['total_uj']:.4g} uJ "
+                 f"(compute {f['compute_uj']:.3g}, weights {f['weights_uj']:.3g} from {f['weight_memory']}, "
+                 f"activations {f['activations_uj']:.3g} from {f['activation_memory']}); same graph as fp32 "
+                 f"{f['as_fp32_uj']:.4g} uJ, as int8 {f['as_int8_uj']:.4g} uJ")
     for name, d in r["latency"]["measured"].items():
-        lines.append(f"latency measured on this host, {name}: {_ms(d)}")
+        lines.append(f"measured on this host (not {tgt['name']}), {name}: {_ms(d)}")
     if r.get("unsupported_ops"):
         lines.append(f"[bold red]ops {tgt['name']}'s TFLM runtime lacks: {', '.join(r['unsupported_ops'])}[/] "
                      "(`tinyprune check` fails on this model)")

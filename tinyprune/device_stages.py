@@ -144,6 +144,8 @@ def share_stage(state: RunState, cfg: CompressConfig):
     from tinyprune.export import micro, tflite, verify
     from tinyprune.export.fidelity import name_layers, torch_modules
     from tinyprune.export.lut import decompression_memory, verify_bit_exact
+    from tinyprune.measure.deployed import decode_code_bytes, firmware_flash, ram_outside_arena
+    from tinyprune.measure.graph import read_graph
     from tinyprune.measure.macs import count_tflite
 
     t = time.perf_counter()
@@ -164,10 +166,14 @@ def share_stage(state: RunState, cfg: CompressConfig):
         x_dev = tflite.device_input(lut, splits.x_eval[:64])
         return decompression_memory(lut, x_dev, micro.tflm_outputs(lut, x_dev, arena))
 
+    int8_ops = [op.op for op in read_graph(state.int8["bytes"]).ops]
     plan = search(state.finetuned, cfg.sharing, x_train=splits.x_train, y_train=splits.y_train,
                   x_eval=splits.x_eval, y_eval=splits.y_eval, accuracy_floor=accuracy_floor(state, cfg),
                   task=splits.task, anomaly=splits.anomaly_eval,
-                  base_flash=len(state.int8["bytes"]), ram_limit=target.ram_bytes - target.runtime_ram_bytes,
+                  base_flash=firmware_flash(state.int8["bytes"], target),
+                  flash_of=lambda model: firmware_flash(model, target),
+                  decode_code_bytes=decode_code_bytes(int8_ops, target),
+                  ram_limit=target.ram_bytes - ram_outside_arena(),
                   seed=cfg.seed, export=export, evaluate=evaluate, progress=state.progress,
                   decompression_limit=target.decompression_ram_bytes, split=split_layout)
     state.sharing = plan

@@ -36,10 +36,11 @@ BISECTION_STEPS = 3
 class FitBudgets:
     """What the deployed model must fit in. None: not constrained (flash and RAM default to the target's)."""
 
-    max_flash: int | None = None  # bytes of flatbuffer; default: target flash minus its runtime code
-    max_ram: int | None = None  # bytes of TFLM arena; default: target RAM minus its runtime RAM
-    max_latency_ms: float | None = None  # predicted on the target (optimized kernels)
-    max_energy_uj: float | None = None  # predicted cycles x the target's pJ per cycle
+    # all four are the deployed costs' (tinyprune.measure.deployed), what the headline shows
+    max_flash: int | None = None  # firmware flash (model + runtime code); default: the target's flash
+    max_ram: int | None = None  # firmware RAM (arena + stack and static data); default: the target's RAM
+    max_latency_ms: float | None = None  # predicted on the target
+    max_energy_uj: float | None = None  # predicted cycles x the board's pJ per cycle
 
     def __post_init__(self):
         for name in ("max_flash", "max_ram", "max_latency_ms", "max_energy_uj"):
@@ -49,13 +50,8 @@ class FitBudgets:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
 
     def limits(self, target) -> dict:
-        flash = target.flash_bytes - target.runtime_flash_bytes
-        ram = target.ram_bytes - target.runtime_ram_bytes
-        if ram <= 0 or flash <= 0:
-            raise ConfigError(f"{target.name} leaves no room for a model: {target.flash_bytes:,} B flash and "
-                              f"{target.ram_bytes:,} B RAM, of which the runtime takes {target.runtime_flash_bytes:,} "
-                              f"and {target.runtime_ram_bytes:,}")
-        out = {"flash_bytes": min(flash, self.max_flash or flash), "arena_bytes": min(ram, self.max_ram or ram)}
+        flash, ram = target.flash_bytes, target.ram_bytes
+        out = {"flash_bytes": min(flash, self.max_flash or flash), "ram_bytes": min(ram, self.max_ram or ram)}
         if self.max_latency_ms is not None:
             out["latency_ms"] = self.max_latency_ms
         if self.max_energy_uj is not None:
@@ -64,13 +60,14 @@ class FitBudgets:
 
 
 def _costs(stage) -> dict:
-    """The deployed stage's flash and arena, and its measurement's predicted latency and energy
-    (optimized kernels; the energy is the measurement's target estimate, cycles x pJ per cycle)."""
-    m = stage.details.get("measure") or {}
-    pred = ((m.get("latency") or {}).get("predicted") or {}).get("optimized") or {}
-    energy = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
-    return {"flash_bytes": stage.flash_bytes, "arena_bytes": stage.arena_bytes, "latency_ms": pred.get("ms"),
-            "energy_uj": energy}
+    """The deployed stage's deployed costs (``tinyprune.measure.deployed``), as the budgets name them."""
+    from tinyprune.measure.deployed import of
+
+    c = of(stage.details.get("measure"))
+    if c is None:
+        return {"flash_bytes": None, "ram_bytes": None, "latency_ms": None, "energy_uj": None}
+    return {"flash_bytes": c.flash_bytes, "ram_bytes": c.ram_bytes, "latency_ms": c.ms.value,
+            "energy_uj": c.energy_uj.value}
 
 
 def _misses(costs: dict, limits: dict) -> dict:
@@ -170,7 +167,7 @@ def pareto_png(fit: dict, path: Path) -> None:
 
 
 def pareto_figure(fit: dict):
-    """Accuracy vs deployed flash of every trial, the Pareto front joined, RAM in the labels."""
+    """Accuracy vs firmware flash of every trial, the Pareto front joined, RAM in the labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,10 +183,10 @@ def pareto_figure(fit: dict):
         marker = "*" if i == fit["chosen"] else ("o" if t["fits"] else "x")
         ax.plot(t["flash_bytes"] / 1024, 100 * t["accuracy"], marker, color="#4c72b0" if t["fits"] else "#c44e52",
                 markersize=12 if i == fit["chosen"] else 7)
-        ax.annotate(f"{t['sparsity']:.0%}, {t['arena_bytes'] / 1024:.0f} KiB RAM", (t["flash_bytes"] / 1024,
+        ax.annotate(f"{t['sparsity']:.0%}, {t['ram_bytes'] / 1024:.0f} KiB RAM", (t["flash_bytes"] / 1024,
                     100 * t["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.axvline(fit["limits"]["flash_bytes"] / 1024, color="#c44e52", linestyle=":", label="flash budget")
-    ax.set_xlabel("deployed flash (KiB)")
+    ax.set_xlabel("firmware flash (KiB)")
     ax.set_ylabel("held-out accuracy in TFLM (%)")
     ax.set_title("--fit trials: MACs removed, arena")
     ax.legend(fontsize=7)

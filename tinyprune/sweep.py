@@ -161,16 +161,18 @@ def cell_config(cell: Cell, base):
 def row_of(cell: Cell, report: dict, seconds: float, out: Path, node: str = "") -> dict:
     stages = {s["name"]: s for s in report["stages"]}
     dep = report["deployed"]
-    m = stages[dep["stage"]]["details"].get("measure") or {}
-    latency = m.get("latency") or {}
-    runtime = latency.get("predicted_runtime")
-    ms = runtime["ms"] if runtime else ((latency.get("predicted") or {}).get("optimized") or {}).get("ms")
+    from tinyprune.measure.deployed import of
+
+    costs = of(stages[dep["stage"]]["details"].get("measure"))
     fits = report.get("fits_target") or {}
     return {"cell": cell.id, "status": "done", "exit_code": 0, "error": "", **_settings(cell),
             "macs_removed": 1 - stages["finetuned"]["macs"] / stages["original"]["macs"],
             "original_accuracy": stages["original"]["accuracy"], "deployed_accuracy": dep["accuracy"],
             "accuracy_drop_points": dep["accuracy_drop_points"], "deployed_artifact": dep["artifact"],
-            "flash_bytes": dep["flash_bytes"], "arena_bytes": dep["arena_bytes"], "predicted_ms": ms,
+            "flash_bytes": dep["flash_bytes"], "arena_bytes": dep["arena_bytes"],
+            "firmware_flash_bytes": costs.flash_bytes if costs else None, "ram_bytes": costs.ram_bytes if costs else None,
+            "predicted_ms": costs.ms.value if costs else None,
+            "predicted_uj": costs.energy_uj.value if costs else None,
             "fits_flash": fits.get("flash"), "fits_ram": fits.get("ram"), "seconds": seconds, "node": node,
             "out": str(out)}
 

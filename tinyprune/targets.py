@@ -10,10 +10,9 @@ from pathlib import Path
 
 from tinyprune.errors import ConfigError
 
-# Op kinds of the latency model. MAC kinds are timed by MACs per cycle, the others by cycles per
-# element they produce (see tinyprune/measure/macs.py for which TFLite/ONNX/aten op is which kind).
-MAC_KINDS = ("conv", "depthwise_conv", "fully_connected")
-ELEMENT_KINDS = ("elementwise", "pool", "softmax", "data_movement")
+# keys of the per-target cost model that the device model (targets/device_model.toml) replaced
+_RETIRED = ("macs_per_cycle", "macs_per_cycle_reference", "float_macs_per_cycle", "cycles_per_element",
+            "cycles_per_element_reference", "op_overhead_cycles", "runtime_flash_bytes", "runtime_ram_bytes")
 
 
 @dataclass(frozen=True)
@@ -25,17 +24,12 @@ class Target:
     ram_bytes: int
     clock_hz: int
     fpu: bool
-    # --- cost model (see SCHEMA.md); dicts are left out of the hash, the dataclass stays frozen
+    # --- what the device model does not cover (see SCHEMA.md)
     kernels: str = ""
-    macs_per_cycle: dict = field(default_factory=dict, hash=False)
-    macs_per_cycle_reference: dict = field(default_factory=dict, hash=False)
-    float_macs_per_cycle: float = 0.0
-    cycles_per_element: dict = field(default_factory=dict, hash=False)
-    cycles_per_element_reference: dict = field(default_factory=dict, hash=False)
-    op_overhead_cycles: int = 0
     pj_per_cycle: float = 0.0
-    runtime_flash_bytes: int = 0
-    runtime_ram_bytes: int = 0
+    pj_per_cycle_low: float = 0.0
+    pj_per_cycle_high: float = 0.0
+    energy_source: str = ""
     # a RAM region apart from the one that holds the arena (a TCM, a second SRAM bank) where TFLM's
     # alternate decompression memory can put the decoded weights of a LUT model; 0: none
     decompression_ram_bytes: int = 0
@@ -47,12 +41,13 @@ class Target:
     base: str = ""
     # the inference engine latency is predicted for (tinyprune.measure.runtimes); "" = the default
     runtime: str = ""
+    runtime_choice: str = ""  # how the name the user wrote resolved ("runtime x-cube-ai -> x-cube-ai 9.0")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tflm_ops"] = list(self.tflm_ops)
         d["tflm_custom_ops"] = list(self.tflm_custom_ops)
-        for key in ("base", "runtime"):
+        for key in ("base", "runtime", "runtime_choice"):
             if not d[key]:
                 del d[key]  # a target file of its own (what the schema describes)
         return d
@@ -71,15 +66,10 @@ _FIELDS = {
     "clock_hz": int,
     "fpu": bool,
     "kernels": str,
-    "macs_per_cycle": "rates:" + ",".join(MAC_KINDS),
-    "macs_per_cycle_reference": "rates:" + ",".join(MAC_KINDS),
-    "float_macs_per_cycle": float,
-    "cycles_per_element": "rates:" + ",".join(ELEMENT_KINDS),
-    "cycles_per_element_reference": "rates:" + ",".join(ELEMENT_KINDS),
-    "op_overhead_cycles": "count",
     "pj_per_cycle": float,
-    "runtime_flash_bytes": "count",
-    "runtime_ram_bytes": "count",
+    "pj_per_cycle_low": float,
+    "pj_per_cycle_high": float,
+    "energy_source": str,
     "tflm_ops": "ops",
     "tflm_custom_ops": "ops",
     "calibration": str,
@@ -90,8 +80,9 @@ _OPTIONAL = {"decompression_ram_bytes": ("count", 0)}
 
 def _files() -> dict[str, resources.abc.Traversable]:
     folder = resources.files("tinyprune.target_files")
-    # runtimes.toml beside them holds the runtimes' cost models (tinyprune.measure.runtimes)
-    return {f.name[: -len(".toml")]: f for f in folder.iterdir() if f.name.endswith(".toml") and f.name != "runtimes.toml"}
+    # device_model.toml beside them holds the device cost model (tinyprune.measure.instructions)
+    return {f.name[: -len(".toml")]: f for f in folder.iterdir()
+            if f.name.endswith(".toml") and f.name != "device_model.toml"}
 
 
 def names() -> list[str]:
@@ -116,20 +107,6 @@ def _check(where: str, key: str, kind, value):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{where}: '{key}' must be a list of op names, got {value!r}")
         return tuple(value)
-    if isinstance(kind, str) and kind.startswith("rates:"):
-        keys = kind[len("rates:"):].split(",")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a table with keys {', '.join(keys)}")
-        missing = [k for k in keys if k not in value]
-        extra = sorted(set(value) - set(keys))
-        if missing or extra:
-            raise ConfigError(f"{where}: '{key}' needs exactly the keys {', '.join(keys)}"
-                              + (f"; missing {', '.join(missing)}" if missing else "")
-                              + (f"; unknown {', '.join(extra)}" if extra else ""))
-        for k in keys:
-            if not _is_number(value[k]) or value[k] < 0 or (key.startswith("macs") and value[k] == 0):
-                raise ConfigError(f"{where}: '{key}.{k}' must be a number {'> 0' if key.startswith('macs') else '>= 0'}, got {value[k]!r}")
-        return {k: float(value[k]) for k in keys}
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
     if kind is int and value <= 0:
@@ -137,8 +114,17 @@ def _check(where: str, key: str, kind, value):
     return value
 
 
+def _check_energy(where: str, values: dict) -> None:
+    if not values["pj_per_cycle_low"] <= values["pj_per_cycle"] <= values["pj_per_cycle_high"]:
+        raise ConfigError(f"{where}: pj_per_cycle must lie within pj_per_cycle_low..pj_per_cycle_high")
+
+
 def _validate(stem: str, raw: dict, own_file: bool = False) -> Target:
     where = f"target file {stem}.toml"
+    retired = [k for k in _RETIRED if k in raw]
+    if retired:
+        raise ConfigError(f"{where}: {', '.join(retired)} no longer used: latency, flash and RAM come from the device "
+                          "model now; remove the key(s) (see targets/SCHEMA.md)")
     unknown = sorted(set(raw) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; see targets/SCHEMA.md")
@@ -151,6 +137,7 @@ def _validate(stem: str, raw: dict, own_file: bool = False) -> Target:
         values[key] = _check(where, key, kind, raw[key]) if key in raw else default
     if raw["name"] != stem and not own_file:
         raise ConfigError(f"{where}: name '{raw['name']}' does not match the file name")
+    _check_energy(where, values)
     return Target(**values)
 
 
@@ -184,8 +171,8 @@ def configure(target: Target, runtime: str | None = None, clock_mhz: float | Non
     if runtime:
         from tinyprune.measure import runtimes
 
-        runtimes.check(runtime, runtimes.core_of(target))
-        target = replace(target, runtime=runtime)
+        name, choice = runtimes.resolve(runtime)
+        target = replace(target, runtime=name, runtime_choice=choice)
     return target
 
 

@@ -131,8 +131,14 @@ class Plan:
 def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_eval, accuracy_floor: float,
            base_flash: int, ram_limit: int, seed: int, export: Callable, evaluate: Callable,
            progress=None, task=None, anomaly=None, decompression_limit: int = 0,
-           split: Callable | None = None) -> Plan:
+           split: Callable | None = None, flash_of: Callable[[bytes], int] | None = None,
+           decode_code_bytes: int = 0) -> Plan:
     """Find the fewest LUT bits whose deployed model stays at or above ``accuracy_floor``.
+
+    ``base_flash`` is the firmware flash with the plain int8 model and ``flash_of(lut_bytes)`` the
+    firmware flash with a LUT model (its DECODE kernel included): a LUT model is deployed only when
+    the firmware shrinks. ``decode_code_bytes``: what the DECODE kernel adds to the firmware; when
+    the candidate layers cannot save that much at the fewest bits, nothing is tried.
 
     ``export(float_model) -> int8 bytes``; ``evaluate(int8_bytes, lut_bytes) -> (check, lut outputs,
     score, arena)`` runs the LUT model in TFLM (``check`` compares it with the int8 model). Scores
@@ -147,9 +153,16 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
     from tinyprune.task import CLASSIFY
     from tinyprune.train import score
 
-    layers = [name for name, _, _ in candidates(model, cfg.min_bits)]
+    found = candidates(model, cfg.min_bits)
+    layers = [name for name, _, _ in found]
     if not layers:
         return Plan([], [], None, "no layer is large enough for a LUT (indices, tables and DECODE op) to save flash")
+    most = sum(numel - -(-numel * cfg.min_bits // 8) for _, _, numel in found)
+    if decode_code_bytes and most <= decode_code_bytes:
+        return Plan(layers, [], None, f"a LUT model cannot make the firmware smaller (the DECODE kernel adds "
+                                      f"{decode_code_bytes:,} B of code, {cfg.min_bits}-bit LUTs save at most "
+                                      f"{most:,} B of weights)")
+    flash_of = flash_of or len
     trials: list[Trial] = []
     for bits in range(cfg.min_bits, LUT_MAX_BITS + 1):
         if progress:
@@ -177,12 +190,13 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
                 break
             # the decoded tensors live in the arena: give back the largest until it fits
             skip.add(max(lut.compressed, key=lambda t: t.bytes_before).tensor)
-        if not lut.compressed or lut.flash_after >= base_flash:
-            trial.flash_bytes = lut.flash_after
+        flash = flash_of(lut.model)
+        if not lut.compressed or flash >= base_flash:
+            trial.flash_bytes = flash
             trial.verdict = ("no decoded tensor fits in RAM beside the arena" if skip and not lut.compressed
-                             else "no flash saved")
+                             else f"firmware not smaller ({flash:,} B against {base_flash:,} B with the int8 model)")
             break  # wider indices save less flash and decode into as much RAM
-        trial.int8_accuracy, trial.flash_bytes, trial.arena_bytes = acc, lut.flash_after, arena
+        trial.int8_accuracy, trial.flash_bytes, trial.arena_bytes = acc, flash, arena
         trial.decompression_bytes = alt["alt_bytes"] if alt else None
         trial.tensors_compressed = len(lut.compressed)
         if not check["bit_exact"]:

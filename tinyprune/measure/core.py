@@ -49,29 +49,21 @@ def unsupported_tflite_ops(model_bytes: bytes, target) -> list[str]:
     return unsupported_ops([op.op for op in g.ops] + g.other_subgraph_ops, _target(target))
 
 
-def runtime_prediction(layers: list[dict], target, runtime: str | None = None) -> dict | None:
-    """Latency of ``runtime`` (default: TFLM with CMSIS-NN) on the target's core, from the cost
-    models fitted to MLPerf Tiny results (tinyprune.measure.runtimes); None where the core has none."""
-    from tinyprune.measure import runtimes
-
-    core = runtimes.core_of(target)
-    runtime = runtime or getattr(target, "runtime", "") or None
-    if runtime is None and core not in runtimes.table().get("cores", {}):
-        return None
-    return runtimes.predict(layers, runtime or runtimes.DEFAULT_RUNTIME, core, target.clock_hz)
-
-
 def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_source: str,
               peak_bytes: int, arena_bytes: int | None, arena_note: str | None, timing: dict,
               unsupported: list[str] | None, extra: dict, decompression: dict | None = None) -> dict:
+    from tinyprune.measure import deployed
+
     working_set = arena_bytes if arena_bytes else peak_bytes
-    pred = {k: lat.predict(layers, target, k) for k in lat.KERNELS}
-    energy = energy_mod.summary(layers, working_set, target, pred["optimized"]["cycles"])
+    energy = energy_mod.summary(layers, working_set)
     for i, layer in enumerate(layers):
         layer["energy_pj"] = energy["per_layer_pj"][i]
-        layer["cycles"] = round(pred["optimized"]["per_layer_cycles"][i], 1)
-        layer["latency_us"] = round(pred["optimized"]["per_layer_cycles"][i] / target.clock_hz * 1e6, 3)
     ram = arena_bytes if arena_bytes is not None else peak_bytes
+    ram_source = ("smallest TFLM arena (bisection, real interpreter)" if arena_bytes is not None else
+                  f"planned peak of live activations (estimate{'; ' + arena_note if arena_note else ''})")
+    if decompression:
+        ram_source = (f"smallest TFLM arena with the decoded weights in the target's separate "
+                      f"{target.decompression_ram_bytes:,} B decompression region (real interpreter)")
     totals = {
         "params": sum(l["params"] for l in layers),
         "macs": sum(l["macs"] for l in layers),
@@ -82,23 +74,28 @@ def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_s
         "peak_activation_bytes": int(peak_bytes),
         "flash_bytes": int(flash_bytes),
         "flash_source": flash_source,
-        "runtime_flash_bytes": target.runtime_flash_bytes,
-        "flash_total_bytes": int(flash_bytes) + target.runtime_flash_bytes,
         "arena_bytes": arena_bytes,
         "ram_bytes": int(ram),
-        "ram_source": "smallest TFLM arena (bisection, real interpreter)" if arena_bytes is not None else
-                      f"planned peak of live activations (estimate{'; ' + arena_note if arena_note else ''})",
-        "runtime_ram_bytes": target.runtime_ram_bytes,
-        "ram_total_bytes": int(ram) + target.runtime_ram_bytes,
+        "ram_source": ram_source,
         # a LUT model's decoded weights in the target's separate region (None: in the arena)
         "decompression_bytes": decompression["alt_bytes"] if decompression else None,
     }
-    if decompression:
-        totals["ram_source"] = (f"smallest TFLM arena with the decoded weights in the target's separate "
-                                f"{target.decompression_ram_bytes:,} B decompression region (real interpreter)")
-    totals["fits"] = {"flash": totals["flash_total_bytes"] <= target.flash_bytes,
-                      "ram": totals["ram_total_bytes"] <= target.ram_bytes
-                      and (totals["decompression_bytes"] or 0) <= target.decompression_ram_bytes}
+    if fmt == "tflite":
+        from tinyprune.export.firmware import arena_size
+
+        # the firmware reserves the generated header's kTensorArenaSize: the measured arena + margin
+        reserved = arena_size(ram) if arena_bytes is not None else ram
+        source = (f"kTensorArenaSize: {ram_source}, {ram:,} B, + margin" if arena_bytes is not None else ram_source)
+        costs = deployed.compute(layers, target, channels_last=True, model_bytes=flash_bytes, arena_bytes=reserved,
+                                 arena_source=source, basis="int8 TFLite model",
+                                 decompression_bytes=totals["decompression_bytes"])
+    else:  # what its int8 conversion would cost: one byte per parameter and per activation element
+        width = max(1, round(np.mean([energy_mod._bytes_per_element(l["dtype"]) for l in layers
+                                      if l["activation_bytes"]] or [4])))
+        costs = deployed.compute(layers, target, channels_last=False, model_bytes=totals["params"],
+                                 arena_bytes=int(peak_bytes) // width, basis=f"{fmt} model as its int8 conversion "
+                                 "(estimate: 1 byte per parameter and per activation element)",
+                                 arena_source="planned peak of live activations, 1 byte per element (estimate)")
     precisions = sorted({energy_mod.precision_of(l["dtype"]) for l in layers if l["macs"]})
     return {
         "schema": MEASURE_SCHEMA,
@@ -108,13 +105,10 @@ def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_s
                    "ram_bytes": target.ram_bytes, "kernels": target.kernels, "pj_per_cycle": target.pj_per_cycle},
         "layers": layers,
         "totals": totals,
+        "deployed": costs.to_dict(),
         "unsupported_ops": unsupported,
         "energy": {k: v for k, v in energy.items() if k != "per_layer_pj"},
-        "latency": {
-            "predicted": {k: {"ms": v["ms"], "cycles": v["cycles"], "clock_hz": v["clock_hz"]} for k, v in pred.items()},
-            "predicted_runtime": runtime_prediction(layers, target),
-            "measured": timing,
-        },
+        "latency": {"measured": timing},
         **extra,
     }
 

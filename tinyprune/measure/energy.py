@@ -21,9 +21,9 @@ file and pipeline energy, address arithmetic, loop control, requantization multi
 and everything else on the chip (clock tree, flash controller, regulators), and 45 nm vs the
 target's actual process. Measured MCU boards spend roughly 340-390 pJ per *cycle* in total
 (MLPerf Tiny, NUCLEO-L4R5ZI), orders of magnitude above the 0.3 pJ of an int8 MAC, so next to
-the floor we give the target-calibrated estimate: the target's ``pj_per_cycle`` x the predicted
-cycles (``tinyprune.measure.latency``). That estimate is what a battery sees; the floor is
-what the arithmetic and data movement alone would need.
+the floor the deployed costs give the board's energy: the target's ``pj_per_cycle`` x the
+predicted cycles (``tinyprune.measure.deployed``). That is what a battery sees; the floor is
+what the arithmetic and data movement alone would need, and is always labelled as such.
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ def layer_energy(layers: list[dict], working_set_bytes: int, precision: str | No
     return {"layers": per_layer, "totals": totals, "weight_memory": w_tier, "activation_memory": a_tier}
 
 
-def summary(layers: list[dict], working_set_bytes: int, target=None, cycles: float | None = None) -> dict:
-    """Energy per inference in uJ: the 45 nm floor at the model's own precision and as fp32 and
-    as int8, and (given a target and predicted cycles) the target-calibrated estimate."""
+def summary(layers: list[dict], working_set_bytes: int) -> dict:
+    """The 45 nm floor of the energy per inference in uJ, at the model's own precision and as fp32
+    and as int8. (What the board spends is the deployed costs' energy: tinyprune.measure.deployed.)"""
     own = layer_energy(layers, working_set_bytes)
     as_fp32 = layer_energy(layers, working_set_bytes, "fp32")["totals"]["total_pj"]
     as_int8 = layer_energy(layers, working_set_bytes, "int8")["totals"]["total_pj"]
@@ -142,10 +142,4 @@ def summary(layers: list[dict], working_set_bytes: int, target=None, cycles: flo
         },
         "per_layer_pj": [round(x["total_pj"], 3) for x in own["layers"]],
     }
-    if target is not None and cycles is not None:
-        out["target_estimate"] = {
-            "total_uj": target.pj_per_cycle * cycles * 1e-6, "pj_per_cycle": target.pj_per_cycle,
-            "cycles": int(round(cycles)),
-            "label": f"target-calibrated estimate: {target.name} {target.pj_per_cycle:g} pJ/cycle x predicted cycles",
-        }
     return out

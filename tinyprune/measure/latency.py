@@ -1,12 +1,5 @@
-"""Latency: predicted for the target from the cost model, and measured on this host.
-
-Prediction (per op, summed): ``MACs / macs_per_cycle[kind]`` for dense ops (conv, depthwise,
-fully connected), ``elements x cycles_per_element[kind]`` for the others, plus
-``op_overhead_cycles`` for every op the interpreter invokes; divided by the clock. Two kernel
-sets: ``optimized`` (CMSIS-NN-class, the target file's ``macs_per_cycle``) and ``reference``
-(TFLM's portable kernels). Float layers use ``float_macs_per_cycle``. The cortex-m4 numbers
-are fitted to published MLPerf Tiny latencies (benchmarks/latency_anchors.py); the other targets
-are scaled from them (each file's ``calibration`` says how).
+"""Latency measured on this host. (The target's latency is predicted by the deployed costs,
+``tinyprune.measure.deployed``, from instructions per operator.)
 
 Measurement on the host: repeated single-sample inferences, warm-up runs excluded, reported as
 median and spread (25th/75th percentile, min, max) in ms. LiteRT and ONNX Runtime run in this
@@ -27,38 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from tinyprune.errors import ExportError
-from tinyprune.measure.energy import precision_of
-
-KERNELS = ("optimized", "reference")
-_FREE_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
-
-
-def layer_cycles(layer: dict, target, kernels: str = "optimized") -> float:
-    """Predicted target cycles of one layer record."""
-    if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {KERNELS}")
-    rates = target.macs_per_cycle if kernels == "optimized" else target.macs_per_cycle_reference
-    per_element = target.cycles_per_element if kernels == "optimized" else target.cycles_per_element_reference
-    cycles = float(target.op_overhead_cycles)
-    if layer["macs"]:
-        if precision_of(layer["dtype"]) in ("fp32", "fp16"):
-            rate = target.float_macs_per_cycle
-        else:
-            rate = rates.get(layer["kind"], rates["conv"])
-        cycles += layer["macs"] / rate
-    else:
-        cycles += layer["elements"] * per_element.get(layer["kind"], per_element["elementwise"])
-    return cycles
-
-
-def predict(layers: list[dict], target, kernels: str = "optimized", clock_hz: int | None = None) -> dict:
-    """{"cycles", "ms", "per_layer_cycles", "kernels", "clock_hz"} for ``layers`` on ``target``."""
-    clock = clock_hz or target.clock_hz
-    per = [layer_cycles(l, target, kernels) for l in layers]
-    total = float(sum(per))
-    return {"cycles": total, "ms": total / clock * 1e3, "per_layer_cycles": per, "kernels": kernels,
-            "clock_hz": clock}
-
 
 # ------------------------------------------------------------------------------------------ host
 

@@ -162,32 +162,36 @@ def _layer_bars(layers: list[dict], title: str) -> str | None:
 
 
 def _cost_plot(views: list[tuple[str, dict]], target: str) -> str | None:
-    """Predicted latency (both kernel models) and the two energy figures per stage, all for the target."""
-    if not views:
+    """Time and energy predicted on the target per stage (the deployed costs, with their intervals),
+    beside the 45 nm floor, which is labelled as the different quantity it is."""
+    from tinyprune.measure.deployed import of
+
+    costs = [(name, of(m), m) for name, m in views if of(m) is not None]
+    if not costs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    x = range(len(views))
-    names = [name for name, _ in views]
-    series = [("optimized kernels", "optimized", "#4c72b0"), ("reference kernels", "reference", "#55a868")]
-    for i, (label, key, color) in enumerate(series):
-        axes[0].bar([xi + (i - 0.5) * 0.4 for xi in x], [m["latency"]["predicted"][key]["ms"] for _, m in views], 0.4,
-                    label=label, color=color)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("ms per inference")
-    axes[0].set_xticks(list(x), names, fontsize=8)
-    axes[0].set_title(f"latency predicted on {target}", fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].bar([xi - 0.2 for xi in x], [m["energy"]["floor_45nm"]["total_uj"] for _, m in views], 0.4,
-                label="45 nm floor", color="#8172b3")
-    axes[1].bar([xi + 0.2 for xi in x], [(m["energy"].get("target_estimate") or {}).get("total_uj") or 0
-                                         for _, m in views], 0.4, label=f"{target} estimate (pJ/cycle x cycles)",
-                color="#937860")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = list(range(len(costs)))
+    names = [name for name, _, _ in costs]
+
+    def bars(ax, values, color, label, offset=0.0, width=0.6):
+        ax.bar([xi + offset for xi in x], [b.value for b in values], width, color=color, label=label,
+               yerr=[[b.value - b.low for b in values], [b.high - b.value for b in values]], capsize=4)
+
+    cov = int(100 * costs[0][1].coverage)
+    bars(axes[0], [c.ms for _, c, _ in costs], "#4c72b0", f"{costs[0][1].runtime_label} ({cov} % interval)")
+    axes[0].set_ylabel("ms per inference", fontsize=11)
+    axes[0].set_title(f"latency predicted on {target}", fontsize=12)
+    bars(axes[1], [c.energy_uj for _, c, _ in costs], "#937860", f"{target} board (pJ/cycle x cycles)", -0.2, 0.4)
+    axes[1].bar([xi + 0.2 for xi in x], [m["energy"]["floor_45nm"]["total_uj"] for _, _, m in costs], 0.4,
+                label="45 nm floor (arithmetic only, not the board)", color="#8172b3")
     axes[1].set_yscale("log")
-    axes[1].set_ylabel("uJ per inference")
-    axes[1].set_xticks(list(x), names, fontsize=8)
-    axes[1].set_title("energy: 45 nm floor vs target-calibrated estimate", fontsize=9)
-    axes[1].legend(fontsize=7)
+    axes[1].set_ylabel("uJ per inference", fontsize=11)
+    axes[1].set_title("energy per inference", fontsize=12)
+    for ax in axes:
+        ax.set_xticks(x, names, fontsize=10)
+        ax.tick_params(labelsize=10)
+        ax.legend(fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
@@ -243,10 +247,13 @@ def _measurement_sections(m: dict, tname: str) -> list[Section]:
         f"Model `{m.get('model', {}).get('path', 'model')}` ({m['format']}, {m.get('precision', '')}); target "
         f"**{tname}**: {_size(target.get('flash_bytes'))} flash, {_size(target.get('ram_bytes'))} RAM, "
         f"{target.get('clock_hz', 0) / 1e6:g} MHz."])
+    from tinyprune.measure.deployed import of
+
+    c = of(m)
     totals = Section("stages", "Totals", [Table(
-        ["model", "params", "MACs", "flash", "RAM", f"fits {tname}"],
-        [[m["format"], _num(t["params"]), _num(t["macs"]), _size(t["flash_total_bytes"]), _size(t["ram_total_bytes"]),
-          ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in t["fits"].items())]])])
+        ["model", "params", "MACs", "firmware flash", "RAM", f"fits {tname}"],
+        [[m["format"], _num(t["params"]), _num(t["macs"]), _size(c.flash_bytes), _size(c.ram_bytes),
+          "yes" if c.fits else "NO: " + "; ".join(c.misses())]]), *c.lines(tname)])
     layers = replace(layers_section(m["format"], m, tname), title="Layers")
     return [s for s in (intro, totals, predicted_section(views, tname), host_section(views, tname), layers)
             if s is not None]

@@ -53,15 +53,19 @@ class Report:
     def stage(self, name: str) -> StageRecord:
         return next(s for s in self.stages if s.name == name)
 
+    def costs(self, stage: str | None = None):
+        """The deployed costs (``tinyprune.measure.deployed``) of ``stage``, by default the model that
+        goes on the device: what the firmware takes, computed once by ``measure``."""
+        from tinyprune.measure.deployed import of
+
+        name = stage or (self.deployed["stage"] if self.deployed else "int8")
+        return of(self.stage(name).details.get("measure"))
+
     @property
     def fits(self) -> dict:
-        """Whether the deployed model's flatbuffer and arena fit the target."""
-        on_device = self.stage(self.deployed["stage"]) if self.deployed else self.stage("int8")
-        return {
-            "flash": on_device.flash_bytes <= self.target["flash_bytes"],
-            "ram": on_device.arena_bytes <= self.target["ram_bytes"]
-            and (self.deployed or {}).get("decompression_bytes", 0) <= self.target.get("decompression_ram_bytes", 0),
-        }
+        """Whether the deployed model's firmware fits the target (the deployed costs' rule)."""
+        c = self.costs()
+        return {"flash": c.fits_flash, "ram": c.fits_ram} if c else {"flash": None, "ram": None}
 
     def to_dict(self) -> dict:
         return {

@@ -7,6 +7,7 @@ predicted for the board) and timings of this host are kept in separate sections.
 
 from __future__ import annotations
 
+from tinyprune.measure.deployed import of as deployed_of
 from tinyprune.report import document
 from tinyprune.report.document import Bullets, Image, Note, Section, Table
 from tinyprune.report.records import Report
@@ -80,69 +81,67 @@ def _decompression_line(stage) -> list[str]:
             f"(the same outputs on {split['samples_checked']} samples)."]
 
 
+def _sharing_line(report: Report) -> list[str]:
+    """Why the deployed file is the plain or the LUT model: the decision, in one line."""
+    dep = report.deployed or {}
+    sharing = dep.get("weight_sharing") or {}
+    if not sharing:
+        return []
+    if dep["stage"] == "int8_lut":
+        plain, lut = report.costs("int8"), report.costs("int8_lut")
+        trade = ""
+        if plain and lut:
+            trade = (f": firmware flash {plain.flash_bytes:,} -> {lut.flash_bytes:,} B, RAM {plain.ram_bytes:,} -> "
+                     f"{lut.ram_bytes:,} B")
+        return [f"Deployed the LUT model ({sharing.get('reason', '')}){trade}."]
+    return [f"Deployed the plain int8 model: {sharing.get('reason', 'weight sharing not deployed')}."]
+
+
 def headline(report: Report) -> list[str]:
-    """What a firmware engineer needs first: the file to flash, the arena to reserve, what it uses
-    of the target, accuracy float -> device, predicted time and energy, and the verdict."""
+    """What a firmware engineer needs first: the file to flash, the arena to reserve, what the
+    firmware takes of the target, accuracy float -> device, time and energy, and the verdict."""
     from tinyprune.export.firmware import arena_size
 
     dep, t = report.deployed, report.target
     if not dep:
         return []
     stage = report.stage(dep["stage"])
-    runtime_flash, runtime_ram = t.get("runtime_flash_bytes", 0), t.get("runtime_ram_bytes", 0)
-    flash_used = dep["flash_bytes"] + runtime_flash
-    ram_used = arena_size(dep["arena_bytes"]) + runtime_ram
-    m = stage.details.get("measure") or {}
-    latency = m.get("latency") or {}
-    pred = (latency.get("predicted") or {}).get("optimized") or {}
-    runtime = latency.get("predicted_runtime")
-    engine = "X-CUBE-AI 7.3-fitted rates"
-    if runtime:  # the engine the file runs on, from the cost model fitted to MLPerf Tiny results
-        pred = runtime
-        engine = (f"{runtime['runtime']} (MLPerf Tiny fit, +-{100 * runtime['band']:.0f} %"
-                  + (", extrapolated" if runtime["extrapolated"] else "") + ")")
-    uj = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
-    if runtime and t.get("pj_per_cycle"):
-        uj = runtime["cycles"] * t["pj_per_cycle"] * 1e-6  # the same cycles as the time
-    fits = (flash_used <= t["flash_bytes"] and ram_used <= t["ram_bytes"]
-            and dep.get("decompression_bytes", 0) <= t.get("decompression_ram_bytes", 0))
+    c = report.costs()
     prefix = "model_lut" if dep["stage"] == "int8_lut" else "model"
     float_acc = report.stage("original").accuracy
     metric = score_label(report.data)
     label = metric[0].upper() + metric[1:]
+    fits = c.fits if c else False
     return [
         f"Flash `{dep['artifact']}` (C array: `{prefix}_data.cc/.h`, ops: `{prefix}_ops.h`); reserve a "
         f"{arena_size(dep['arena_bytes']):,} B tensor arena (`kTensorArenaSize`: {dep['arena_bytes']:,} B measured "
         "in TFLM + margin).",
-        f"On {t['name']}: flash {_kib(flash_used)} of {_kib(t['flash_bytes'])} ({_kib(t['flash_bytes'] - flash_used)} "
-        f"free), RAM {_kib(ram_used)} of {_kib(t['ram_bytes'])} ({_kib(t['ram_bytes'] - ram_used)} free), runtime "
-        f"code and RAM included ({_kib(runtime_flash)} / {_kib(runtime_ram)}).",
+        *(c.lines(t["name"]) if c else []),
         f"{label} {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM, "
-        f"{report.data['eval']} held-out samples). Predicted on {t['name']} at {t['clock_hz'] / 1e6:g} MHz for "
-        f"{engine}: {pred['ms']:.2f} ms, {uj:.1f} uJ per inference."
-        if pred.get("ms") is not None and uj is not None else
-        f"{label} {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM).",
+        f"{report.data['eval']} held-out samples).",
         *_quality_line(report),
+        *_sharing_line(report),
         *_decompression_line(stage),
-        f"Verdict: {'fits' if fits else 'DOES NOT FIT'} {t['name']}; {metric} "
-        f"{'within' if dep['within_accuracy_budget'] else 'OVER'} the {dep['max_accuracy_drop_points']:g}-point budget.",
+        f"Verdict: {'fits' if fits else 'DOES NOT FIT'} {t['name']}"
+        + ("" if fits or not c else f" ({'; '.join(c.misses())})")
+        + f"; {metric} {'within' if dep['within_accuracy_budget'] else 'OVER'} the "
+        f"{dep['max_accuracy_drop_points']:g}-point budget.",
     ]
 
 
 LATENCY_NOTE = (
-    "**Predicted** latency is for the target: per op, MACs / (target MACs per cycle for that op kind) or elements "
-    "x cycles per element, plus a per-op overhead, over the clock; the Cortex-M4 cost model is fitted to published "
-    "MLPerf Tiny latencies (optimized = CMSIS-NN-class kernels, reference = TFLM's portable kernels). The runtime "
-    "column is that inference engine's own cost model, fitted to MLPerf Tiny results, for int8 models, with its "
-    "band (the headline's figure)."
+    "**Predicted** for the target, one figure per stage (the deployed costs: the headline, `--fit` and `check` read "
+    "the same): TFLM + CMSIS-NN instructions predicted per operator from its shape (fitted on exact counts of real "
+    "firmware on emulated Cortex-M cores), times the runtime's cycles per instruction on the core (fitted on "
+    "published MLPerf Tiny latencies), over the clock. The range is an interval of the stated coverage, checked on "
+    "MLPerf Tiny boards left out of the fit. Float stages are costed as their int8 conversion."
 )
 ENERGY_NOTE = (
-    "Two energy figures per inference. **45 nm floor**: the arithmetic (MACs and element-wise work at the layer's "
-    "precision) plus reading every weight once and every activation once from an SRAM of the right size, with the "
-    "per-operation energies of Horowitz (ISSCC 2014, 45 nm). It leaves out instruction fetch, control, leakage and "
-    "the rest of the chip, so it is a floor: what the computation alone needs. **Target-calibrated estimate**: the "
-    "target's measured energy per clock cycle (e.g. ~360 pJ/cycle for a Cortex-M4 board in MLPerf Tiny) times the "
-    "predicted cycles: what the battery sees, within the accuracy of the latency prediction."
+    "**Energy** is the predicted cycles times the target board's energy per cycle (measured MLPerf Tiny energy where "
+    "the board has it, else a datasheet figure), with the product of both ranges. The **45 nm floor** is a different "
+    "quantity: the arithmetic plus reading every weight and activation once from an SRAM of the right size "
+    "(Horowitz, ISSCC 2014, 45 nm); it leaves out instruction fetch, control, leakage and the rest of the chip, so it "
+    "is what the computation alone needs, not what the board spends."
 )
 HOST_TITLE = "Host timings (this machine, not the target)"
 
@@ -153,26 +152,23 @@ def measured_stages(report: Report) -> list[tuple[str, dict]]:
 
 
 def predicted_section(views: list[tuple[str, dict]], tname: str) -> Section | None:
-    """Latency and energy predicted on the target, per measured stage: nothing measured on this host."""
-    if not views:
-        return None
-    runtime = next((m["latency"]["predicted_runtime"]["runtime"] for _, m in views
-                    if (m["latency"].get("predicted_runtime") or {}).get("runtime")), None)
-    head = ["stage", "precision", f"predicted {tname} ms (optimized)", f"predicted {tname} ms (reference)",
-            *([f"predicted {tname} ms ({runtime}, band)"] if runtime else []), "energy 45 nm floor (uJ)",
-            f"energy {tname} estimate (uJ)"]
+    """Time and energy predicted on the target, per measured stage: nothing measured on this host."""
     rows = []
     for name, m in views:
-        p, e = m["latency"]["predicted"], m["energy"]
-        rt = m["latency"].get("predicted_runtime")
-        est = (e.get("target_estimate") or {}).get("total_uj")
-        band = (f"{rt['ms']:.3f} ({rt['ms_low']:.3f}-{rt['ms_high']:.3f})"
-                if rt and m.get("precision") == "int8" else "n/a")
-        rows.append([name, m.get("precision", ""), f"{p['optimized']['ms']:.3f}", f"{p['reference']['ms']:.3f}",
-                     *([band] if runtime else []), f"{e['floor_45nm']['total_uj']:.4g}",
-                     "n/a" if est is None else f"{est:.4g}"])
-    return Section("predicted", f"Predicted latency and energy on {tname}",
-                   [Table(head, rows, numeric_from=2), Note(LATENCY_NOTE), Note(ENERGY_NOTE)])
+        c = deployed_of(m)
+        if c is None:
+            continue
+        rows.append([name, m.get("precision", ""), _kib(c.flash_bytes), _kib(c.ram_bytes), f"{c.instructions:,}",
+                     f"{c.ms.value:.3f} ({c.ms.low:.3f}-{c.ms.high:.3f})",
+                     f"{c.energy_uj.value:.4g} ({c.energy_uj.low:.4g}-{c.energy_uj.high:.4g})",
+                     f"{m['energy']['floor_45nm']['total_uj']:.4g}"])
+    if not rows:
+        return None
+    runtime = deployed_of(views[-1][1])
+    return Section("predicted", f"Predicted on {tname} ({runtime.runtime_label})", [
+        Table(["stage", "precision", "firmware flash", "RAM", "instructions", f"ms ({int(100 * runtime.coverage)} %)",
+               "energy uJ", "45 nm floor uJ (not the board)"], rows, numeric_from=2),
+        Note(LATENCY_NOTE), Note(ENERGY_NOTE)])
 
 
 def host_section(views: list[tuple[str, dict]], tname: str) -> Section | None:
@@ -207,12 +203,10 @@ def layers_section(name: str, m: dict, tname: str) -> Section:
     rows = [[*f, "x".join(map(str, l["output_shapes"][0])) if l["output_shapes"] else "", _num(l["params"]),
              _num(l["macs"]), _num(l["weight_bytes"]), _num(l["activation_bytes"]),
              f"{l.get('energy_pj', 0) / 1e3:.2f}", f"{l.get('latency_us', 0):.1f}"] for f, l in zip(first, layers)]
-    t = m["totals"]
-    blocks = [Table([*head, "output", "params", "MACs", "weight B", "activation B", "energy nJ (45 nm)",
+    c = deployed_of(m)
+    blocks = [Table([*head, "output", "params", "MACs", "weight B", "activation B", "energy nJ (45 nm floor)",
                      f"predicted us ({tname})"], rows, numeric_from=len(head) + 1),
-              f"Flash: model {_kib(t['flash_bytes'])} ({t['flash_source']}) + runtime code "
-              f"{_kib(t['runtime_flash_bytes'])} = {_kib(t['flash_total_bytes'])}. RAM: {_kib(t['ram_bytes'])} "
-              f"({t['ram_source']}) + runtime {_kib(t['runtime_ram_bytes'])} = {_kib(t['ram_total_bytes'])}."]
+              *(c.lines(tname)[:1] if c else [])]
     if m.get("unsupported_ops"):
         blocks.append(f"**Ops {tname}'s TFLM runtime lacks: {', '.join(m['unsupported_ops'])}**")
     if named:
@@ -232,14 +226,15 @@ def layers_section(name: str, m: dict, tname: str) -> Section:
 def _stages_section(r: Report) -> Section:
     orig, int8 = r.stage("original"), r.stage("int8")
     dev = r.stage(r.deployed["stage"]) if r.deployed else int8
-    t, fits = r.target, r.fits
+    t, c = r.target, r.costs(dev.name)
     blocks = [
         Table(header(r), summary_rows(r)),
         f"MACs: {_num(orig.macs)} -> {_num(int8.macs)} ({1 - int8.macs / orig.macs:.1%} removed); "
         f"params: {_num(orig.params)} -> {_num(int8.params)} ({1 - int8.params / orig.params:.1%} removed).\n"
-        f"Fits {t['name']} ({dev.name} stage): flash {'yes' if fits['flash'] else 'NO'} "
-        f"({_kib(dev.flash_bytes)} of {_kib(t['flash_bytes'])}), RAM {'yes' if fits['ram'] else 'NO'} "
-        f"({_kib(dev.arena_bytes)} arena of {_kib(t['ram_bytes'])}). Runtime code and stack are not included.",
+        + (f"Fits {t['name']} ({dev.name} stage, firmware): flash {'yes' if c.fits_flash else 'NO'} "
+           f"({_kib(c.flash_bytes)} of {_kib(c.flash_limit)}), RAM {'yes' if c.fits_ram else 'NO'} "
+           f"({_kib(c.ram_bytes)} of {_kib(c.ram_limit)}). The flash and arena columns are the model file and its "
+           "measured arena alone." if c else ""),
         "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stages in the real TFLM "
         "interpreter (what the microcontroller runs), on every held-out sample. The arena is the smallest with which "
         "TFLM allocates and invokes the model (found by bisection). MACs of the int8 stage are counted on the TFLite "
@@ -277,11 +272,18 @@ def _fidelity_section(r: Report) -> Section | None:
 
 
 def _io_section(r: Report) -> Section | None:
-    io = r.stage("int8").details.get("io")
-    if not io:
+    """The deployed model's own quantization of its input and output (a LUT model is exported anew,
+    so its scales are not the plain int8 model's)."""
+    stage = r.stage(r.deployed["stage"]) if r.deployed else r.stage("int8")
+    io = (stage.details.get("measure") or {}).get("io")
+    if io and io.get("inputs") and io.get("outputs"):
+        i, o = io["inputs"][0], io["outputs"][0]
+    elif r.stage("int8").details.get("io"):
+        i, o = r.stage("int8").details["io"]["input"], r.stage("int8").details["io"]["output"]
+    else:
         return None
-    i, o = io["input"], io["output"]
-    return Section("io", "Firmware I/O", [
+    artifact = r.deployed["artifact"] if r.deployed else "model_int8.tflite"
+    return Section("io", f"Firmware I/O (`{artifact}`)", [
         f"Input {i['dtype']} {i['shape']} (NHWC) with scale {i['scale']:.6g}, zero point {i['zero_point']}: "
         f"q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} with scale {o['scale']:.6g}, zero point "
         f"{o['zero_point']}."])
@@ -294,10 +296,10 @@ def _cost_section(r: Report) -> Section | None:
     rows = [[s["stage"], f"{s['accuracy_points']:+.2f}", s["macs"], s["flash"], s["arena"], s["ms"], s["uj"]]
             for s in steps]
     return Section("cost", "What each step cost and bought (on the target)", [
-        Table(["stage", "accuracy change (points)", "MACs", "flash", "arena", "predicted ms", "predicted uJ"], rows),
-        Note("Changes against the previous measured stage. Float stages: flash and arena are their float32 weights "
-             "and peak activations (what an fp32 build would need); latency and energy are predicted with the "
-             "target's cost model (optimized kernels).")])
+        Table(["stage", "accuracy change (points)", "MACs", "firmware flash", "RAM", "predicted ms", "predicted uJ"],
+              rows),
+        Note("Changes against the previous measured stage, in the deployed costs (firmware flash and RAM, time and "
+             "energy on the target). Float stages are costed as their int8 conversion.")])
 
 
 def _fit_section(r: Report) -> Section | None:
@@ -305,13 +307,14 @@ def _fit_section(r: Report) -> Section | None:
     if not fit:
         return None
     rows = [[f"{t['sparsity']:.0%}" + (" (chosen)" if i == fit["chosen"] else ""), f"`{t['artifact']}`",
-             _pct(t["accuracy"]), _kib(t["flash_bytes"]), _kib(t["arena_bytes"]),
+             _pct(t["accuracy"]), _kib(t["flash_bytes"]), _kib(t["ram_bytes"]),
              "n/a" if t.get("latency_ms") is None else f"{t['latency_ms']:.2f}",
              "n/a" if t.get("energy_uj") is None else f"{t['energy_uj']:.1f}",
              "yes" if t["fits"] else "no: " + ", ".join(t["misses"])] for i, t in enumerate(fit["trials"])]
     return Section("fit", "--fit: accuracy vs deployed flash", [
         f"{fit['search']}. Limits: " + ", ".join(f"{k} {v:,.4g}" for k, v in fit["limits"].items()) + ".",
-        Table(["MACs removed", "deployed", "accuracy (TFLM)", "flash", "arena", "predicted ms", "predicted uJ", "fits"],
+        Table(["MACs removed", "deployed", "accuracy (TFLM)", "firmware flash", "RAM", "predicted ms", "predicted uJ",
+               "fits"],
               rows)])
 
 
@@ -427,18 +430,15 @@ def _delta(now, before, fmt) -> str:
 
 
 def cost_and_gain(report: Report) -> list[dict]:
-    """Per measured stage: the accuracy it cost and the MACs, flash, arena, ms and uJ it bought."""
+    """Per measured stage: the accuracy it cost and the MACs, firmware flash, RAM, ms and uJ it bought."""
     rows, prev = [], None
     for s in report.stages:
         m = s.details.get("measure")
         if not m or s.accuracy is None:
             continue
-        t = m["totals"]
-        pred = (m.get("latency") or {}).get("predicted", {}).get("optimized") or {}
-        uj = ((m.get("energy") or {}).get("target_estimate") or {}).get("total_uj")
-        cur = {"macs": s.macs, "flash": s.flash_bytes if s.flash_bytes is not None else t.get("flash_bytes"),
-               "arena": s.arena_bytes if s.arena_bytes is not None else t.get("arena_bytes"),
-               "ms": pred.get("ms"), "uj": uj, "accuracy": s.accuracy}
+        c = deployed_of(m)
+        cur = {"macs": s.macs, "flash": c.flash_bytes if c else None, "arena": c.ram_bytes if c else None,
+               "ms": c.ms.value if c else None, "uj": c.energy_uj.value if c else None, "accuracy": s.accuracy}
         p = prev or {}
         rows.append({"stage": s.name, "accuracy_points": (s.accuracy - p["accuracy"]) * 100 if prev else 0.0,
                      "macs": _delta(cur["macs"], p.get("macs"), lambda v: f"{v:,.0f}"),
