@@ -80,6 +80,13 @@ def _prepare_out_dir(out: Path) -> Path:
 
     An existing ``out`` is replaced only when it holds nothing but what an earlier tinyprune
     run wrote there (its manifest says which files): a user's folder is never touched."""
+    try:
+        return _fresh_staging(out)
+    except OSError as exc:  # an unreadable --out folder, or one tinyprune cannot write beside
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
+
+
+def _fresh_staging(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
     if out.is_dir() and os.path.ismount(out):
@@ -90,14 +97,11 @@ def _prepare_out_dir(out: Path) -> Path:
         if foreign:
             raise ConfigError(f"--out {out} holds files tinyprune did not write ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}); choose another folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        (tmp / STAGING).write_text(str(os.getpid()))
-        return tmp
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    (tmp / STAGING).write_text(str(os.getpid()))
+    return tmp
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -111,13 +115,18 @@ def _publish(tmp: Path, out: Path) -> None:
             raise ConfigError(f"--out {out} now holds files tinyprune did not write ({', '.join(foreign[:3])}); "
                               "nothing was replaced")
         old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
+        try:
+            out.rename(old)
+        except OSError as exc:  # a read-only folder: the previous result stays, this one is dropped
+            raise ConfigError(f"--out {out}: cannot replace the previous result ({exc.strerror or exc}); "
+                              "choose another folder") from None
     try:
         tmp.rename(out)
-    except OSError:
+    except OSError as exc:
         if old is not None:
             old.rename(out)  # put the previous result back
-        raise
+        raise ConfigError(f"--out {out}: cannot write the result there ({exc.strerror or exc}); "
+                          "choose another folder") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -556,4 +556,8 @@ def guarded(run, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command: the process is tinyprune's to end when a limit is hit in native code
+        from tinyprune import limits
+
+        limits.enable_hard_exit()
     return guarded(_run, build_parser().parse_args(argv))

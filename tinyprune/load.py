@@ -45,12 +45,12 @@ def _nn_allow_list() -> list[type]:
 
 
 def _zip_names(path: Path) -> list[str] | None:
-    if not zipfile.is_zipfile(path):
-        return None
     try:
+        if not zipfile.is_zipfile(path):
+            return None
         with zipfile.ZipFile(path) as zf:
             return zf.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # BadZipFile, and NotImplementedError, ValueError... for tampered headers
         return None
 
 

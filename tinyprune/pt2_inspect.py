@@ -27,8 +27,8 @@ from pathlib import Path
 from tinyprune import pt2_zip
 from tinyprune.errors import UnsupportedModel
 
-MAX_ARCHIVE_BYTES = 512 << 20  # a microcontroller model is a few MiB; this leaves room for float originals
-MAX_UNCOMPRESSED = 512 << 20
+MAX_ARCHIVE_BYTES = 256 << 20  # a microcontroller model is a few MiB; this leaves room for float originals
+MAX_UNCOMPRESSED = 256 << 20
 MAX_ENTRIES = 10_000
 MAX_JSON_BYTES = 16 << 20  # the program of a 1,000-layer model is a few MiB
 MAX_JSON_DEPTH = 64  # torch writes 10 levels
@@ -278,6 +278,14 @@ def read_pt2(path: Path) -> io.BytesIO:
     try:
         entries = pt2_zip.layout(data, max_entries=MAX_ENTRIES, max_entry_bytes=MAX_UNCOMPRESSED,
                                  max_total_bytes=MAX_UNCOMPRESSED)
+    except pt2_zip.LayoutError as exc:
+        raise _refuse(path, f"its zip layout is not plain: {exc}") from None
+    for e in entries:  # from the directory's sizes, before anything is read
+        limit = MAX_JSON_BYTES if e.name.endswith(".json") else MAX_PICKLE_BYTES if e.name.endswith(".pt") else None
+        if limit is not None and e.usize > limit:
+            raise _refuse(path, f"{e.name.rsplit('/', 1)[-1]} is {e.usize >> 20} MiB (at most {limit >> 20} MiB; "
+                                f"{'JSON' if limit == MAX_JSON_BYTES else 'sample inputs'})")
+    try:
         blobs = pt2_zip.torch_entries(data, entries)
     except pt2_zip.LayoutError as exc:
         raise _refuse(path, f"its zip layout is not plain: {exc}") from None

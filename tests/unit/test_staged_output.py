@@ -83,3 +83,47 @@ def test_a_file_the_user_adds_during_the_run_is_kept(tmp_path):
             (tmp / "a.txt").write_text("2")
             (out / "late.md").write_text("written while the run worked")
     assert (out / "late.md").exists() and (out / "a.txt").read_text() == "1"
+
+
+def _unrenamable(monkeypatch, out):
+    """``out`` behaves like a folder in a read-only place (root ignores chmod, so it is simulated)."""
+    from pathlib import Path
+
+    real = Path.rename
+
+    def rename(self, target):
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_a_result_that_cannot_be_moved_aside_is_bad_input_and_stays(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    with staged_output(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    _unrenamable(monkeypatch, out)
+    with pytest.raises(ConfigError, match="cannot replace the previous result .Permission denied."):
+        with staged_output(out) as tmp:
+            (tmp / "b.txt").write_text("2")
+    assert (out / "a.txt").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["r"]
+
+
+def test_compress_into_a_read_only_result_exits_2_with_one_line(tmp_path, monkeypatch, capsys, digits_npz):
+    from tinyprune import api
+    from tinyprune.cli import main
+
+    def run(source, cfg, target, data_path, builtin_data, tmp, *rest):
+        (tmp / "model.tflite").write_bytes(b"x")  # the pipeline's result, without running it
+
+    monkeypatch.setattr(api, "_run", run)
+    model, out = tmp_path / "m.pt", tmp_path / "r"
+    model.write_bytes(b"x")
+    argv = ["compress", str(model), "--data", str(digits_npz), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    _unrenamable(monkeypatch, out)
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot replace the previous result" in err[0], err
+    assert (out / "model.tflite").exists()

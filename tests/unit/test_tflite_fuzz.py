@@ -67,3 +67,18 @@ def test_check_accuracy_data_with_labels_beyond_the_outputs_is_bad_input(tflite_
     np.savez(tmp_path / "d.npz", x=np.zeros((5, 8, 8, 1), np.float32), y=np.array([0, 1, 2, 12, 3]))
     with pytest.raises(DataError, match="labels span 0..12 but the model has 10 outputs"):
         tflite_quality(tflite_model, tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("field", ["OutputsAsNumpy", "InputsAsNumpy"])
+def test_check_of_an_op_on_tensor_minus_1_is_one_line_exit_2(tflite_model, tmp_path, capsys, monkeypatch, field):
+    """-1 means "no tensor": as an op's result or data input it was taken as a key (internal error)."""
+    from tinyprune.measure.graph import _schema
+
+    data = bytearray(tflite_model)
+    getattr(_schema().Model.GetRootAs(data, 0).Subgraphs(0).Operators(0), field)()[0] = -1  # a view into data
+    (tmp_path / "m.tflite").write_bytes(bytes(data))
+    (tmp_path / "tinyprune.toml").write_text('[[model]]\npath = "m.tflite"\nmax_macs = 1000000\n')
+    monkeypatch.chdir(tmp_path)
+    code = main(["check"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "tensor -1" in err[0], err

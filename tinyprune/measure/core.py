@@ -22,6 +22,7 @@ from tinyprune.measure import latency as lat
 from tinyprune.measure import memory as mem
 
 MEASURE_SCHEMA = "tinyprune.measure/1"
+TFLITE_SECONDS = 120  # parsing, arena bisection and timing of a .tflite file; past it, exit 2
 
 
 def _target(target):
@@ -304,7 +305,10 @@ def measure_file(path, target="cortex-m4", *, input_shape: tuple[int, ...] | Non
     kind = _sniff(path)
     t0 = time.perf_counter()
     if kind == "tflite":
-        result = measure_tflite(path.read_bytes(), target, find_arena=find_arena, timing=timing, repeats=repeats)
+        from tinyprune import limits
+
+        with limits.bounded(f"measuring {path.name}", TFLITE_SECONDS):  # a hostile flatbuffer can loop in LiteRT
+            result = measure_tflite(path.read_bytes(), target, find_arena=find_arena, timing=timing, repeats=repeats)
     elif kind == "onnx":
         if int8:
             result = _int8_from_onnx(path, target, input_shape, calib, workdir, timing, find_arena, repeats)

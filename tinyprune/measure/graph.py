@@ -179,6 +179,9 @@ def _validate(tensors: dict, ops: list, inputs, outputs, file_bytes: int) -> Non
         for i in (*op.inputs, *op.outputs):
             if i != -1 and i not in tensors:
                 raise bad(f"op {op.index} ({op.op}) uses tensor {i}, and there are {len(tensors)}")
+        # -1 marks an omitted optional input; an op's data input and its results always exist
+        if -1 in op.outputs or (op.inputs and op.inputs[0] == -1):
+            raise bad(f"op {op.index} ({op.op}) reads or writes tensor -1 (none)")
     for op in ops:
         ins = [i for i in op.inputs if i >= 0]
         pos, rank = _WEIGHT_RANK.get(op.op, (None, None))
