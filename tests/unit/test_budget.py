@@ -31,16 +31,26 @@ def test_parse_size_rejects(bad):
         budget.parse_size(bad, "max_flash")
 
 
-def fake_measurement(flash=100_000, arena=30_000, macs=2_000_000, opt_ms=50.0, unsupported=(), fmt="tflite"):
+def fake_measurement(flash=100_000, arena=30_000, macs=2_000_000, opt_ms=50.0, unsupported=(), fmt="tflite",
+                     target="cortex-m4"):
+    """A measurement as measure_file makes it, its deployed costs scaled to take ``opt_ms``."""
+    import dataclasses
+
+    from tinyprune import targets
+    from tinyprune.measure import deployed
+
+    layer = {"index": 0, "name": "c", "op": "CONV_2D", "kind": "conv", "input_shapes": [[1, 32, 32, 16]],
+             "output_shapes": [[1, 32, 32, 16]], "dtype": "int8", "params": 10, "macs": macs, "flops": 2 * macs,
+             "elements": 0, "weight_bytes": 10, "activation_bytes": 10}
+    c = deployed.compute([dict(layer)], targets.load(target), channels_last=True, model_bytes=flash, arena_bytes=arena,
+                         arena_source="test", basis="int8 TFLite model")
+    k = opt_ms / c.ms.value
+    c = dataclasses.replace(c, cycles=c.cycles.scaled(k), ms=c.ms.scaled(k), energy_uj=c.energy_uj.scaled(k))
     return {
-        "format": fmt, "unsupported_ops": list(unsupported),
-        "layers": [{"index": 0, "name": "c", "op": "CONV_2D", "kind": "conv", "input_shapes": [], "output_shapes": [],
-                    "dtype": "int8", "params": 10, "macs": macs, "flops": 2 * macs, "elements": 0, "weight_bytes": 10,
-                    "activation_bytes": 10}],
-        "totals": {"flash_bytes": flash, "flash_total_bytes": flash + 49152, "flash_source": "flatbuffer bytes",
-                   "arena_bytes": arena, "ram_bytes": arena, "ram_total_bytes": arena + 4096,
+        "format": fmt, "unsupported_ops": list(unsupported), "layers": [layer],
+        "totals": {"flash_bytes": flash, "flash_source": "flatbuffer bytes", "arena_bytes": arena, "ram_bytes": arena,
                    "ram_source": "smallest TFLM arena", "macs": macs},
-        "latency": {"predicted": {"optimized": {"ms": opt_ms}, "reference": {"ms": 3 * opt_ms}}},
+        "deployed": c.to_dict(), "latency": {"measured": {}},
     }
 
 
@@ -114,23 +124,26 @@ def test_exceeded_budget_exits_1_with_junit_and_annotations(project, fake, capsy
 
 def test_include_runtime_counts_runtime_code(project, fake, monkeypatch, capsys):
     monkeypatch.chdir(project)
-    # 100,000 B flatbuffer fits 120 kB alone, not with 48 KiB of runtime code
+    # 100,000 B flatbuffer fits 120 kB alone, not with the firmware's runtime code
     write(project, '[[model]]\npath = "build/m.tflite"\nmax_flash = "120kB"\n')
     assert main(["check"]) == 0
     capsys.readouterr()
     write(project, '[[model]]\npath = "build/m.tflite"\nmax_flash = "120kB"\ninclude_runtime = true\n')
     assert main(["check", "--json"]) == 1
     result = json.loads(capsys.readouterr().out)
-    assert result["ok"] is False and result["results"][0]["value"] == 100_000 + 49152
+    firmware = fake["m"]["deployed"]
+    assert result["ok"] is False and result["results"][0]["value"] == firmware["flash_bytes"]
+    assert firmware["flash_bytes"] == 100_000 + firmware["code_bytes"] > 100_000 + 40_000
 
 
-def test_energy_budget_uses_target_pj_per_cycle(project, fake, monkeypatch, capsys):
+def test_energy_budget_reads_the_deployed_energy(project, fake, monkeypatch, capsys):
     from tinyprune import targets
-    from tinyprune.measure.latency import predict
 
     monkeypatch.chdir(project)
-    t = targets.load("cortex-m0plus")
-    uj = predict(fake["m"]["layers"], t)["cycles"] * t.pj_per_cycle * 1e-6
+    fake["m"] = fake_measurement(target="cortex-m0plus")
+    d = fake["m"]["deployed"]
+    uj = d["energy_uj"]["value"]
+    assert uj == pytest.approx(d["cycles"]["value"] * targets.load("cortex-m0plus").pj_per_cycle * 1e-6)
     write(project, f'[[model]]\npath = "build/m.tflite"\ntarget = "cortex-m0plus"\nmax_energy_uj = {uj * 1.01}\n')
     assert main(["check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["value"] == pytest.approx(uj)
@@ -166,6 +179,7 @@ def test_pyproject_tool_section_and_model_filter(project, fake, monkeypatch, cap
     ('[[model]]\npath = "build/m.tflite"\nmin_accuracy = 90\ndata = "d.npz"\n', r"fraction, at most 1"),
     ('[[model]]\npath = "build/m.tflite"\nmax_macs = 1\ntarget = "z80"\n', "unknown target 'z80'"),
     ('[[model]]\npath = "build/m.tflite"\nmax_macs = 1\nkernels = "fast"\n', "kernels"),
+    ('[[model]]\npath = "build/m.tflite"\nmax_macs = 1\nkernels = "reference"\n', "kernels' can only be"),
     ('[[model]]\nmax_macs = 1\n', "needs path"),
     ('model = 3\n', "expected one or more"),
     ('[[model]\n', "not valid TOML"),
@@ -198,26 +212,20 @@ def test_fit_layout_for_accuracy_data():
 
 
 def test_a_runtime_budget_uses_that_engines_prediction(project, fake):
-    from tinyprune.measure import runtimes
+    from tinyprune.measure import deployed
 
-    m = fake_measurement()
-    layers = m["layers"]
-    # what measure_file attaches for a target configured with the runtime and clock
-    m["latency"]["predicted_runtime"] = runtimes.predict(layers, "x-cube-ai 9.0", "Cortex-M7", 280_000_000)
-    fake["m"] = m
-    path = write(project, '[[model]]\npath = "build/m.tflite"\ntarget = "cortex-m7"\nruntime = "x-cube-ai 9.0"\n'
+    path = write(project, '[[model]]\npath = "build/m.tflite"\ntarget = "cortex-m7"\nruntime = "X-CUBE-AI 9"\n'
                           'clock_mhz = 280\nmax_latency_ms = 100\n')
     result = budget.run_check([], path)
     (outcome,) = result.outcomes
-    assert outcome.value == pytest.approx(m["latency"]["predicted_runtime"]["ms"])
-    assert "for x-cube-ai 9.0" in outcome.detail
     _, target, _ = fake["calls"][0]
     assert (target.runtime, target.clock_hz) == ("x-cube-ai 9.0", 280_000_000)
+    # check reads the measurement's deployed costs: exactly the figure the report's headline shows
+    assert outcome.value == pytest.approx(deployed.of(fake["m"]).ms.value)
 
 
 @pytest.mark.parametrize("extra, message", [
     ('runtime = "nope"\n', "unknown runtime 'nope'"),
-    ('runtime = "x-cube-ai 9.0"\ntarget = "cortex-m33"\n', "no calibrated cost model for core Cortex-M33"),
     ('clock_mhz = -1\n', "--clock-mhz must be > 0"),
 ])
 def test_bad_runtime_budgets_are_config_errors(project, fake, extra, message):

@@ -75,5 +75,6 @@ def test_measure_pytorch_json_and_table(capsys, cnn_file):
     assert r["latency"]["measured"]["torch"]["median_ms"] > 0
     code, out, _ = run(capsys, "measure", cnn_file, "--input-shape", "1,8,8", "--no-timing", "--target", "cortex-m0plus")
     assert code == 0
-    assert "energy, 45 nm floor" in out and "target-calibrated estimate" in out and "cortex-m0plus" in out
+    assert "45 nm floor (arithmetic and data movement only" in out and "cortex-m0plus" in out
+    assert "costed as: pytorch model as its int8 conversion" in out and "Predicted at 48 MHz" in out
     assert "convolution" in out and "addmm" in out

@@ -110,9 +110,11 @@ def test_html_is_self_contained_with_plots(measurements, tmp_path):
         assert len(set(img.convert("L").getdata())) > 10  # something is drawn
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)  # nothing fetched from the network
     assert "<script" not in page and "<link" not in page
-    for text in ("45 nm floor", "Target-calibrated estimate", "finetuned", "int8", "DEPTHWISE_CONV_2D",
-                 "predicted cortex-m4 ms (optimized)", "<h2>Host timings (this machine, not the target)</h2>"):
+    for text in ("45 nm floor uJ (not the board)", "finetuned", "int8", "DEPTHWISE_CONV_2D", "<th>ms (80 %)</th>",
+                 "<h2>Host timings (this machine, not the target)</h2>"):
         assert text in page
+    # one latency per stage: the predicted table has a single ms column, and no second model's figure
+    assert page.count("<th>ms (80 %)</th>") == 1 and "ms (optimized)" not in page and "ms (reference)" not in page
     # host timings only in their own section: the target's tables and plots hold predictions
     sections = dict(re.findall(r"<h2>(.*?)</h2>(.*?)(?=<h2>|</body>)", page, re.S))
     host = sections.pop("Host timings (this machine, not the target)")
@@ -125,6 +127,6 @@ def test_html_is_self_contained_with_plots(measurements, tmp_path):
 def test_html_of_a_report_without_measurements_and_of_one_measurement(measurements, tmp_path):
     page = write_html(demo_like_report(), tmp_path / "a.html").read_text()
     assert len(_images(page)) == 2  # waterfall + per-op MACs of the int8 graph; no cost section without data
-    assert "Predicted latency and energy" not in page and "Host timings" not in page
+    assert "Predicted on" not in page and "Host timings" not in page
     page = write_html(measurements[0], tmp_path / "b.html").read_text()
     assert len(_images(page)) == 3 and "tinyprune measurement" in page

@@ -80,7 +80,7 @@ def resolve(text: str) -> tuple[str, str]:
     low = raw.lower()
     if low in (n.lower() for n in names()):
         exact = next(n for n in names() if n.lower() == low)
-        return exact, f"runtime {exact}"
+        return exact, f"runtime {raw}" + ("" if raw == exact else f" -> {exact}")
     m = re.match(r"^(.*?)[\s_-]*v?(\d[\w.]*)?$", low)
     fam_text, version = (m.group(1).strip(), m.group(2)) if m else (low, None)
     family = _ALIASES.get(fam_text) or _ALIASES.get(fam_text.replace(" ", "-"))
@@ -96,7 +96,9 @@ def resolve(text: str) -> tuple[str, str]:
         pick = max(versioned, key=lambda n: _version_key(n.split(" ", 1)[1]))
     else:
         want = _version_key(version)
-        pick = min(versioned, key=lambda n: (_distance(_version_key(n.split(" ", 1)[1]), want), n))
+        # the nearest release; between two as near, the newer
+        pick = min(versioned, key=lambda n: (_distance(_version_key(n.split(" ", 1)[1]), want),
+                                             tuple(-v for v in _version_key(n.split(" ", 1)[1]))))
     return pick, f"runtime {raw} -> {pick}" + ("" if pick.lower() == low else " (nearest published version)")
 
 

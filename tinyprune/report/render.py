@@ -283,10 +283,14 @@ def _io_section(r: Report) -> Section | None:
     else:
         return None
     artifact = r.deployed["artifact"] if r.deployed else "model_int8.tflite"
+
+    def quant(t: dict) -> str:
+        if t.get("scale") is None:
+            return "not quantized"
+        return f"scale {t['scale']:.6g}, zero point {t['zero_point']}"
     return Section("io", f"Firmware I/O (`{artifact}`)", [
-        f"Input {i['dtype']} {i['shape']} (NHWC) with scale {i['scale']:.6g}, zero point {i['zero_point']}: "
-        f"q = round(x / scale) + zero_point; output {o['dtype']} {o['shape']} with scale {o['scale']:.6g}, zero point "
-        f"{o['zero_point']}."])
+        f"Input {i['dtype']} {i['shape']} (NHWC) with {quant(i)}: q = round(x / scale) + zero_point; output "
+        f"{o['dtype']} {o['shape']} with {quant(o)}."])
 
 
 def _cost_section(r: Report) -> Section | None:
