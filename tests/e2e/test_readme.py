@@ -314,3 +314,54 @@ def test_readme_pip_commands_match_the_project_files():
             assert asked <= set(extras), target
         for pin in (a for a in args if "==" in a):
             assert pin in extras["compress"] and f"pip install --quiet {pin}" in makefile, pin
+
+
+def _keys(node) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {k for v in node.values() for k in _keys(v)}
+    if isinstance(node, list):
+        return {k for v in node for k in _keys(v)}
+    return set()
+
+
+def test_one_latency_and_energy_per_stage_and_check_and_fit_accept_exactly_the_headline(example, tmp_path):
+    """Issue 27: the report, `check` and `--fit` read one set of deployed costs."""
+    from tinyprune.fit import _costs, _misses
+    from tinyprune.report import Report
+
+    report = json.loads((example.demo / "report.json").read_text())
+    # no second latency or energy model anywhere in report.json
+    assert not _keys(report) & {"predicted", "predicted_runtime", "target_estimate", "flash_total_bytes"}
+    rec = Report.from_dict(report)
+    costs = rec.costs()
+    for stage in report["stages"]:
+        if stage["details"].get("measure"):
+            assert set(stage["details"]["measure"]["deployed"]["ms"]) == {"value", "low", "high"}
+    markdown = (example.demo / "report.md").read_text()
+    assert f"{costs.ms.value:.2f} ms" in markdown and f"{costs.energy_uj.value:,.1f} uJ" in markdown
+    # check, on the deployed file, with the headline's own numbers as the budgets
+    project = tmp_path / "p"
+    project.mkdir()
+    shutil.copy(example.demo / report["deployed"]["artifact"], project / "m.tflite")
+
+    def check(scale: float) -> dict:
+        (project / "tinyprune.toml").write_text(
+            f'[[model]]\npath = "m.tflite"\ninclude_runtime = true\nmax_latency_ms = {costs.ms.value * scale!r}\n'
+            f'max_energy_uj = {costs.energy_uj.value * scale!r}\nmax_flash = {int(costs.flash_bytes * scale)}\n'
+            f'max_ram = {int(costs.ram_bytes * scale)}\n')
+        done = _run(["check", "--json"], project, expect=0 if scale >= 1 else 1)
+        return {o["metric"]: o for o in json.loads(done.stdout)["results"]}
+
+    held = check(1.0 + 1e-9)
+    assert held["max_latency_ms"]["value"] == pytest.approx(costs.ms.value, rel=1e-9)
+    assert held["max_energy_uj"]["value"] == pytest.approx(costs.energy_uj.value, rel=1e-9)
+    assert (held["max_flash"]["value"], held["max_ram"]["value"]) == (costs.flash_bytes, costs.ram_bytes)
+    assert all(not o["ok"] for o in check(0.999).values())
+    # --fit reads the same object for every trial
+    stage = next(s for s in rec.stages if s.name == report["deployed"]["stage"])
+    got = _costs(stage)
+    assert got == {"flash_bytes": costs.flash_bytes, "ram_bytes": costs.ram_bytes, "latency_ms": costs.ms.value,
+                   "energy_uj": costs.energy_uj.value}
+    assert _misses(got, {"latency_ms": costs.ms.value, "energy_uj": costs.energy_uj.value}) == {}
+    assert set(_misses(got, {"latency_ms": costs.ms.value * 0.999, "flash_bytes": costs.flash_bytes - 1})) == {
+        "latency_ms", "flash_bytes"}

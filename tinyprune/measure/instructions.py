@@ -146,9 +146,10 @@ def features(s: OpShape) -> list[float]:
         k = s.kk * s.cin
         return [1, s.pixels, s.pixels * k, s.macs, s.out_elements, (s.cout % 2) * s.pixels * k,
                 (s.pixels % 2) * s.cout * k, s.macs * ((k % 4) / k), s.cout, s.pixels * s.kk]
-    if s.path in ("c1x1", "c1x1s"):
-        return [1, s.pixels, s.macs, s.out_elements, s.pixels * s.cin, s.macs * ((s.cin % 4) / max(s.cin, 1)),
-                s.cout, (s.cout % 2) * s.pixels * s.cin, s.pixels * s.cin * (s.cout < 4)]
+    if s.path == "c1x1":  # one matrix product over all pixels; leftover when the channels are odd
+        return [1, s.pixels, s.macs, s.out_elements, s.pixels * s.cin, (s.cout % 2) * s.pixels * s.cin]
+    if s.path == "c1x1s":  # one product per output pixel; few shapes measured, so few terms
+        return [1, s.pixels, s.macs, s.out_elements, s.pixels * s.cin]
     if s.path == "dw":
         return [1, s.pixels, s.macs, s.out_elements, s.pixels * (s.cout % 4) * s.kk, s.cout]
     if s.path == "fc":
