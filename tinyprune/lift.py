@@ -9,6 +9,9 @@ has nothing to act on. An FX pass over ``ExportedProgram.module()`` replaces eac
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -224,7 +227,8 @@ def to_module(loaded: LoadedModel, example: torch.Tensor) -> nn.Module:
 
 def _check_same(loaded: LoadedModel, lifted: nn.Module, example: torch.Tensor) -> None:
     reference = loaded.callable()
-    with torch.no_grad():
+    # a GraphModule whose forward fails prints its generated code to stderr; the caller reports one line
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
         want = reference(example)
         got = lifted(example)
         batch = example.expand(2, *example.shape[1:]).contiguous()

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from test_pt2_safety import _differential
 from tinyprune.cli import main
 from tinyprune.errors import TinypruneError
 from tinyprune.lift import to_module
@@ -50,6 +51,10 @@ class _Payload:
 
 @pytest.fixture(scope="module")
 def seeds():
+    return seed_archives()
+
+
+def seed_archives():
     """Entries of two real exports: static, and with a dynamic batch (shape expressions)."""
     out = []
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -104,7 +109,30 @@ def _json_entry(entries, rng):
     return name, json.loads(entries[name])
 
 
+def _rename_state(entries, rng, new):
+    """Rename one parameter, buffer or constant where torch looks it up: the program's signature
+    and the weight or constant table (a rename in one place only is refused by torch itself)."""
+    program_name = _find(entries, "models/model.json")
+    program = json.loads(entries[program_name])
+    keys = {"parameter": ("parameter_name", "weights"), "buffer": ("buffer_name", "weights"),
+            "tensor_constant": ("tensor_constant_name", "constants")}
+    spec = rng.choice([s for s in program["graph_module"]["signature"]["input_specs"] if set(s) & set(keys)])
+    kind = next(k for k in spec if k in keys)
+    key, folder = keys[kind]
+    old = spec[kind][key]
+    new = rng.choice(["", old.rsplit(".", 1)[0] + "."]) + new  # as a child's name, or at the top
+    spec[kind][key] = new
+    entries[program_name] = json.dumps(program).encode()
+    table_name = _find(entries, f"{folder}/model_{folder}_config.json")
+    table = json.loads(entries[table_name])
+    table["config"][new] = table["config"].pop(old)
+    entries[table_name] = json.dumps(table).encode()
+
+
 def _mutate_names(entries, rng, marker):
+    if rng.random() < 0.5:
+        _rename_state(entries, rng, rng.choice(_names(marker)))
+        return
     name, tree = _json_entry(entries, rng)
     strings = [s for s in _slots(tree) if s[0] != "key" and isinstance(s[0][s[1]], str)]
     keys = [s for s in _slots(tree) if s[0] == "key"]
@@ -215,10 +243,13 @@ def _mutate_zip(blob, rng, entries, marker):
         first = data.find(b"PK\x01\x02")
         at = rng.choice([cd, first])
         struct.pack_into("<I", data, at + 42, rng.choice([0, 64, len(data) // 2, 2 ** 32 - 1]))
-    else:  # a second archive whose entries torch would see instead
+    else:  # a second archive that torch's reader sees and Python's zipfile does not
         evil = dict(entries)
-        _mutate_payload(evil, rng, marker)
-        data = bytearray(_zip(evil)) + data
+        if rng.random() < 0.5:
+            _mutate_payload(evil, rng, marker)
+        else:
+            _rename_state(evil, rng, _names(marker)[0])
+        data = bytearray(_differential(entries, evil))
     return bytes(data)
 
 
@@ -265,7 +296,7 @@ def _fuzz(seeds, tmp_path, cases: int, seed: int) -> dict:
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
     assert grown < 1 << 30, f"peak memory grew by {grown >> 20} MiB"
     assert slowest < 60, f"a case took {slowest:.1f} s"
-    return outcomes
+    return {**outcomes, "slowest_s": slowest, "peak_growth_mib": grown >> 20}
 
 
 def test_mutated_archives_load_or_are_refused(seeds, tmp_path):
