@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import threading
+import time
 
 from tinyprune.errors import ResourceLimit, TinypruneError
 
@@ -75,7 +76,8 @@ def bounded(what: str, seconds: float, memory: int = MEMORY_CAP):
                 raise _Deadline()
 
         old_handler = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+        started = time.monotonic()
     watchdog = None
     if _hard_exit:
         def give_up():
@@ -99,6 +101,9 @@ def bounded(what: str, seconds: float, memory: int = MEMORY_CAP):
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_handler)
+            if old_timer[0] > 0:  # someone else's alarm: it keeps what was left of its time
+                signal.setitimer(signal.ITIMER_REAL, max(old_timer[0] - (time.monotonic() - started), 1e-3),
+                                 old_timer[1])
         if watchdog is not None:
             watchdog.cancel()
         if capped:

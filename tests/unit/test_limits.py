@@ -54,3 +54,21 @@ def test_native_code_past_the_limit_ends_the_process_with_one_line_where_tinypru
     assert proc.returncode == 2 and time.perf_counter() - t0 < 20
     assert proc.stderr.strip().splitlines() == ["tinyprune: error: running m.tflite took longer than 0.2 s, the "
                                                 "limit for an untrusted file"]
+
+
+def test_an_alarm_set_before_the_block_keeps_its_remaining_time():
+    import signal
+
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with limits.bounded("reading x.pt2", 10):
+            pass
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < remaining <= 0.5
+        time.sleep(0.8)
+        assert fired == [1]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
