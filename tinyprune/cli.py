@@ -327,8 +327,10 @@ def _print_report(report) -> None:
     if dep:
         sharing = dep.get("weight_sharing") or {}
         budget = "within" if dep["within_accuracy_budget"] else "OVER"
+        costs = report.costs()
+        firmware = f"; firmware {costs.flash_bytes:,} B flash, {costs.ram_bytes:,} B RAM" if costs else ""
         console.print(
-            f"deployed: {dep['artifact']} ({dep['flash_bytes']:,} B flash, {dep['arena_bytes']:,} B arena, "
+            f"deployed: {dep['artifact']} (model {dep['flash_bytes']:,} B, arena {dep['arena_bytes']:,} B{firmware}, "
             f"{dep['accuracy']:.2%} in TFLM, {-dep['accuracy_drop_points']:+.2f} points vs the original, {budget} the "
             f"--max-accuracy-drop of {dep['max_accuracy_drop_points']:g}); weight sharing: "
             + (sharing.get("reason", "") if sharing else "off"))

@@ -35,8 +35,8 @@ MAX_CELLS = 10_000  # a bigger grid needs --yes
 CONNECT_TIMEOUT_S = 10.0
 COLUMNS = ["cell", "status", "exit_code", "error", "criterion", "sparsity", "bits", "target", "finetune_epochs",
            "runtime", "macs_removed", "original_accuracy", "deployed_accuracy", "accuracy_drop_points",
-           "deployed_artifact", "flash_bytes", "arena_bytes", "predicted_ms", "fits_flash", "fits_ram", "seconds",
-           "node", "out"]
+           "deployed_artifact", "flash_bytes", "arena_bytes", "firmware_flash_bytes", "ram_bytes", "predicted_ms",
+           "predicted_uj", "fits_flash", "fits_ram", "seconds", "node", "out"]
 
 
 @dataclass(frozen=True)
@@ -286,9 +286,9 @@ def write_html(rows: list[dict], out: Path) -> None:
 
     done = [r for r in rows if r["status"] == "done"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "flash_bytes", "deployed flash (KiB)"),
+    for ax, key, label in ((axes[0], "firmware_flash_bytes", "firmware flash (KiB)"),
                            (axes[1], "predicted_ms", "predicted latency (ms)")):
-        scale = 1024 if key == "flash_bytes" else 1
+        scale = 1024 if key == "firmware_flash_bytes" else 1
         for crit in sorted({r["criterion"] for r in done}):
             pts = [r for r in done if r["criterion"] == crit and r.get(key) is not None]
             ax.scatter([r[key] / scale for r in pts], [100 * r["deployed_accuracy"] for r in pts], label=crit, s=22)
@@ -303,8 +303,9 @@ def write_html(rows: list[dict], out: Path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     png = base64.b64encode(buf.getvalue()).decode()
-    head = ["cell", "status", "macs_removed", "deployed_accuracy", "flash_bytes", "arena_bytes", "predicted_ms", "error"]
-    front = {r["cell"] for r in pareto(rows, "flash_bytes")}
+    head = ["cell", "status", "macs_removed", "deployed_accuracy", "firmware_flash_bytes", "ram_bytes", "predicted_ms",
+            "error"]
+    front = {r["cell"] for r in pareto(rows, "firmware_flash_bytes")}
 
     def cell_text(r, k):
         v = r.get(k)

@@ -11,7 +11,7 @@ from tinyprune.cli import main
 
 def _compress(tmp_path, src, digits_npz, capsys, out, *extra):
     code = main(["compress", str(src), "--arch", "tinyprune.testing.models:digits_cnn", "--data", str(digits_npz),
-                 "--out", str(out), "--sparsity", "0.5", "--finetune-epochs", "1",
+                 "--out", str(out), "--sparsity", "0", "--finetune-epochs", "1",
                  "--max-accuracy-drop", "100", "--json", *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -32,17 +32,20 @@ def test_decoded_weights_go_to_the_targets_separate_region_when_the_arena_cannot
 
     # a board whose RAM holds the arena without the decoded weights but not with them, and whose
     # second region holds exactly what they need
+    from tinyprune.export.firmware import arena_size
+    from tinyprune.measure.deployed import ram_outside_arena
+
     board = tmp_path / "board.toml"
-    runtime_ram = 4096
-    ram = runtime_ram + (alone + single) // 2
-    board.write_text(f'base = "cortex-m4"\nruntime_ram_bytes = {runtime_ram}\nram_bytes = {ram}\n'
-                     f"decompression_ram_bytes = {alt}\n")
+    runtime_ram = ram_outside_arena()  # stack and static data: the firmware's RAM beside the arena
+    ram = runtime_ram + (arena_size(alone) + arena_size(single)) // 2
+    board.write_text(f'base = "cortex-m4"\nram_bytes = {ram}\ndecompression_ram_bytes = {alt}\n')
     out = tmp_path / "region"
     report, stages = _compress(tmp_path, src, digits_npz, capsys, out, "--target", str(board))
     assert report["target"]["decompression_ram_bytes"] == alt
     lut = stages["int8_lut"]
     assert report["deployed"]["artifact"] == "model_int8_lut.tflite"
-    assert lut["arena_bytes"] == report["deployed"]["arena_bytes"] <= ram - runtime_ram < single
+    assert lut["arena_bytes"] == report["deployed"]["arena_bytes"] and arena_size(lut["arena_bytes"]) <= ram - runtime_ram
+    assert arena_size(single) > ram - runtime_ram
     chosen = lut["details"]["sharing"]["trials"][-1]
     assert chosen["verdict"] == "deployed" and chosen["decompression_bytes"] <= alt
     assert lut["details"]["decompression_memory"]["required"]
@@ -54,10 +57,11 @@ def test_decoded_weights_go_to_the_targets_separate_region_when_the_arena_cannot
 
     # `check` measures the same layout on that board
     (tmp_path / "tinyprune.toml").write_text(
-        f'[[model]]\npath = "{out / "model_int8_lut.tflite"}"\ntarget = "{board}"\nmax_ram = {ram - runtime_ram}\n')
+        f'[[model]]\npath = "{out / "model_int8_lut.tflite"}"\ntarget = "{board}"\nmax_ram = {ram}\n'
+        'include_runtime = true\n')
     monkeypatch.chdir(tmp_path)
     assert main(["check", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     ram_outcome = next(o for o in result["results"] if o["metric"] == "max_ram")
-    assert ram_outcome["ok"] and ram_outcome["value"] < single
-    assert "decompression region" in ram_outcome["detail"]
+    assert ram_outcome["ok"] and ram_outcome["value"] < arena_size(single) + runtime_ram
+    assert "kTensorArenaSize" in ram_outcome["detail"]

@@ -365,3 +365,20 @@ def test_one_latency_and_energy_per_stage_and_check_and_fit_accept_exactly_the_h
     assert _misses(got, {"latency_ms": costs.ms.value, "energy_uj": costs.energy_uj.value}) == {}
     assert set(_misses(got, {"latency_ms": costs.ms.value * 0.999, "flash_bytes": costs.flash_bytes - 1})) == {
         "latency_ms", "flash_bytes"}
+
+
+def test_firmware_io_and_header_give_the_deployed_files_quantization(example):
+    from tinyprune.measure.graph import read_graph
+
+    report = json.loads((example.demo / "report.json").read_text())
+    artifact = report["deployed"]["artifact"]
+    g = read_graph((example.demo / artifact).read_bytes())
+    out = g.tensors[g.outputs[0]]
+    md = (example.demo / "report.md").read_text()
+    line = md.split(f"## Firmware I/O (`{artifact}`)", 1)[1].strip().splitlines()[0]
+    assert f"output int8 {list(out.shape)} with scale {out.scale:.6g}, zero point {out.zero_point}." in line
+    prefix = "model_lut" if artifact.endswith("_lut.tflite") else "model"
+    header = (example.demo / f"{prefix}_data.h").read_text()
+    assert f"kOutputZeroPoint = {out.zero_point};" in header
+    scale = float(re.search(r"kOutputScale = ([0-9.e+-]+)f;", header).group(1))
+    assert scale == pytest.approx(out.scale, rel=1e-6)

@@ -222,3 +222,15 @@ def test_per_layer_tables_name_the_pytorch_module_beside_the_tflite_op_and_tenso
     assert "| PyTorch layer | int8 op | tensor |" in sections["int8 fidelity (per layer, dequantized int8 vs float)"]
     lut = next(t for t in sections if t.startswith("Deployable weight-shared model"))
     assert "| PyTorch module | tensor | ops |" in sections[lut]
+
+
+def test_firmware_io_is_the_deployed_models_own_quantization(demo):
+    """The LUT model is exported anew: its output scale differs from the plain int8 model's, and the
+    Firmware I/O section must give the deployed one's (what model_lut_data.h declares)."""
+    md = to_markdown(Report.from_dict(demo))
+    line = md.split("## Firmware I/O (`model_int8_lut.tflite`)", 1)[1].strip().splitlines()[0]
+    lut_io = next(s for s in demo["stages"] if s["name"] == "int8_lut")["details"]["measure"]["io"]["outputs"][0]
+    plain_io = next(s for s in demo["stages"] if s["name"] == "int8")["details"]["io"]["output"]
+    assert lut_io["scale"] != plain_io["scale"]
+    assert f"scale {lut_io['scale']:.6g}, zero point {lut_io['zero_point']}." in line
+    assert f"scale {plain_io['scale']:.6g}" not in line

@@ -144,11 +144,13 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
     score, arena)`` runs the LUT model in TFLM (``check`` compares it with the int8 model). Scores
     are the task's (tinyprune.task; accuracy when ``task`` is None).
 
-    The decoded weights live in the arena, which must fit ``ram_limit``. A target with a separate
+    The decoded weights live in the arena, whose reserved size (``kTensorArenaSize``) must fit
+    ``ram_limit``. A target with a separate
     region of ``decompression_limit`` bytes can hold them there instead (TFLM's alternate
     decompression memory): ``split(lut_bytes, arena) -> {"arena_bytes", "alt_bytes", "bit_exact"}``
     measures that layout, and a model whose arena alone fits ``ram_limit`` and whose decoded
     weights fit the region is deployed that way."""
+    from tinyprune.export.firmware import arena_size
     from tinyprune.export.lut import lut_compress
     from tinyprune.task import CLASSIFY
     from tinyprune.train import score
@@ -181,11 +183,12 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
             if not lut.compressed:
                 break
             check, lut_out, acc, arena = evaluate(int8, lut.model)
-            if arena <= ram_limit:
+            if arena_size(arena) <= ram_limit:  # the firmware reserves kTensorArenaSize, as the costs count it
                 alt = None
                 break
             alt = split(lut.model, arena) if split is not None and decompression_limit > 0 else None
-            if alt and alt["bit_exact"] and alt["arena_bytes"] <= ram_limit and alt["alt_bytes"] <= decompression_limit:
+            if (alt and alt["bit_exact"] and arena_size(alt["arena_bytes"]) <= ram_limit
+                    and alt["alt_bytes"] <= decompression_limit):
                 arena = alt["arena_bytes"]
                 break
             # the decoded tensors live in the arena: give back the largest until it fits

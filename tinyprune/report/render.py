@@ -30,15 +30,18 @@ def _kib(v: int | None) -> str:
 
 
 def summary_rows(report: Report) -> list[list[str]]:
-    """Rows of the stage table: stage, params, MACs, accuracy, flash, arena, seconds."""
-    return [
-        [s.name, _num(s.params), _num(s.nonzero_params), _num(s.macs), _pct(s.accuracy), _kib(s.flash_bytes),
-         _kib(s.arena_bytes), f"{s.seconds:.1f}"]
-        for s in report.stages
-    ]
+    """Rows of the stage table: stage, params, MACs, accuracy, and the stage's deployed costs
+    (firmware flash, RAM, predicted ms; float stages as their int8 conversion), seconds."""
+    rows = []
+    for s in report.stages:
+        c = deployed_of(s.details.get("measure")) if s.details else None
+        rows.append([s.name, _num(s.params), _num(s.nonzero_params), _num(s.macs), _pct(s.accuracy),
+                     _kib(c.flash_bytes) if c else "n/a", _kib(c.ram_bytes) if c else "n/a",
+                     f"{c.ms.value:.1f}" if c else "n/a", f"{s.seconds:.1f}"])
+    return rows
 
 
-HEADER = ["stage", "stored params", "nonzero", "MACs", "accuracy", "flash", "TFLM arena", "seconds"]
+HEADER = ["stage", "stored params", "nonzero", "MACs", "accuracy", "firmware flash", "RAM", "ms", "seconds"]
 
 _LABELS = {"accuracy": "accuracy", "r2": "R²", "auc": "ROC AUC", "explained_variance": "explained variance"}
 
@@ -233,8 +236,9 @@ def _stages_section(r: Report) -> Section:
         f"params: {_num(orig.params)} -> {_num(int8.params)} ({1 - int8.params / orig.params:.1%} removed).\n"
         + (f"Fits {t['name']} ({dev.name} stage, firmware): flash {'yes' if c.fits_flash else 'NO'} "
            f"({_kib(c.flash_bytes)} of {_kib(c.flash_limit)}), RAM {'yes' if c.fits_ram else 'NO'} "
-           f"({_kib(c.ram_bytes)} of {_kib(c.ram_limit)}). The flash and arena columns are the model file and its "
-           "measured arena alone." if c else ""),
+           f"({_kib(c.ram_bytes)} of {_kib(c.ram_limit)}). Firmware flash, RAM and ms are each stage's deployed "
+           "costs (float stages as their int8 conversion); the model file and its measured arena alone are in "
+           "report.json (`stages[].flash_bytes`, `arena_bytes`)." if c else ""),
         "Accuracy is measured on the held-out split: float stages in PyTorch, the int8 stages in the real TFLM "
         "interpreter (what the microcontroller runs), on every held-out sample. The arena is the smallest with which "
         "TFLM allocates and invokes the model (found by bisection). MACs of the int8 stage are counted on the TFLite "
