@@ -7,6 +7,8 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import numpy as np
+
 from tinyprune.cli import FULL_INSTALL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +61,35 @@ def test_check_and_measure_run_without_the_full_install(tmp_path):
     assert measured.returncode == 0, measured.stderr
     report = json.loads(measured.stdout[:measured.stdout.rindex("LOADED")])
     assert report["totals"]["arena_bytes"] > 0 and report["totals"]["macs"] > 0
+
+
+def test_check_runs_an_accuracy_budget_in_tflm_without_the_full_install(tmp_path):
+    """min_accuracy + data, as in the README: TFLM on the .tflite, no torch or TensorFlow import."""
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from test_measure_keras import build_keras_models
+
+    from tinyprune.export.tflite import device_input, litert_outputs
+
+    models = build_keras_models(tmp_path / "keras")
+    model = (models / "cnn_int8.tflite").read_bytes()
+    x = np.load(models / "x_nhwc.npy")
+    # labels the model gets right on every other sample: 50 % in any runtime computing the graph
+    # (LiteRT's reference kernels are TFLM's)
+    pred = litert_outputs(model, device_input(model, x.transpose(0, 3, 1, 2)), reference=True)
+    y = pred.reshape(len(x), -1).argmax(1)
+    y[1::2] = (y[1::2] + 1) % 5
+    (tmp_path / "m.tflite").write_bytes(model)
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    budget = '[[model]]\npath = "m.tflite"\ndata = "test.npz"\nmin_accuracy = {}\n'
+    (tmp_path / "tinyprune.toml").write_text(budget.format(0.45))
+    ok = light("check", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "50.00% vs >= 45.00%" in ok.stdout and "all budgets hold" in ok.stdout, ok.stdout
+    assert ok.stdout.strip().endswith("LOADED"), ok.stdout  # nothing of the full install
+    (tmp_path / "tinyprune.toml").write_text(budget.format(0.55))
+    over = light("check", cwd=tmp_path)
+    assert over.returncode == 1 and "50.00% vs >= 55.00%" in over.stdout, over.stdout + over.stderr
+    assert over.stdout.strip().endswith("LOADED"), over.stdout
 
 
 def test_pipeline_commands_name_the_extra_in_one_line(tmp_path):

@@ -16,7 +16,6 @@ import numpy as np
 
 from tinyprune.fd_output import captured_output
 from tinyprune.errors import DataError, ExportError
-from tinyprune.export.onnx import INPUT_NAME
 
 
 def to_device_layout(x: np.ndarray) -> np.ndarray:
@@ -108,6 +107,8 @@ def to_int8_tflite(onnx_path: Path, calib_nchw: np.ndarray, workdir: Path) -> by
         try:
             import onnx2tf
             import tensorflow as tf
+
+            from tinyprune.export.onnx import INPUT_NAME  # torch: the light install reads .tflite files only
 
             # Keras numbers its layer names per process (model_2/flatten_3/...) and those names
             # land in the flatbuffer: reset them, so a conversion's bytes do not depend on how many
