@@ -322,7 +322,7 @@ def _print_report(report) -> None:
         for i, t in enumerate(report.fit["trials"]):
             console.print(f"{'->' if i == report.fit['chosen'] else '  '} --fit trial: {t['sparsity']:.0%} MACs "
                           f"removed, {t['artifact']}, {t['accuracy']:.2%}, {t['flash_bytes']:,} B firmware flash, "
-                          f"{t['ram_bytes']:,} B RAM: {'fits' if t['fits'] else 'misses ' + ', '.join(t['misses'])}")
+                          f"{t['ram_bytes']:,} B RAM: {'fits' if t['fits'] else 'misses ' + ', '.join(map(_budget_name, t['misses']))}")
     dep = report.deployed or {}
     if dep:
         sharing = dep.get("weight_sharing") or {}
@@ -335,6 +335,10 @@ def _print_report(report) -> None:
             f"--max-accuracy-drop of {dep['max_accuracy_drop_points']:g}); weight sharing: "
             + (sharing.get("reason", "") if sharing else "off"))
     console.print(f"artifacts in {Path(report.artifacts[0]).parent}")
+
+
+def _budget_name(key: str) -> str:
+    return {"flash_bytes": "flash", "ram_bytes": "RAM", "latency_ms": "latency", "energy_uj": "energy"}.get(key, key)
 
 
 def _write_npz(path: Path, tensors: dict) -> None:

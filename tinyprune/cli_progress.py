@@ -36,6 +36,15 @@ class Bar:
 
     abort = close
 
+    def note(self, text: str) -> None:
+        """A line that stays (a --fit trial's setting or result), printed above the bar."""
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(f"tinyprune: {text}", markup=False, highlight=False)
+        else:
+            print(f"tinyprune: {text}", file=sys.stderr, flush=True)
+
 
 STARTED, FINISHED = "tinyprune: started ", "tinyprune: finished "  # the stage lines' prefixes
 
@@ -73,6 +82,10 @@ class StageLines:
 
     def abort(self):
         self.current = None  # the error line that follows says what happened
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            print(f"tinyprune: {text}", file=sys.stderr, flush=True)
 
 
 def progress_display(enabled: bool):

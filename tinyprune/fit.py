@@ -9,13 +9,15 @@ the MAC reduction:
 2. ``MAX_SPARSITY``: if even that does not fit, nothing will; exit 1 with the closest result and
    by how much each budget is missed;
 3. ``BISECTION_STEPS`` halvings of the interval between the largest reduction known not to fit
-   and the smallest known to fit; the most accurate fitting trial is deployed (usually the
-   smallest fitting reduction; fine-tuning noise can favour a larger one).
+   and the smallest known to fit; the most accurate trial that meets every budget is deployed
+   (usually the smallest fitting reduction; fine-tuning noise can favour a larger one).
 
 At most 5 trials. Each reuses the loaded model, the data splits and the original model's
 record; a trial is prune -> fine-tune -> int8 export -> weight sharing, in its own folder, and
-the chosen trial's files become the output. The accuracy budget does not apply: the search
-maximizes accuracy subject to the size budgets instead.
+the chosen trial's files become the output. ``--max-accuracy-drop`` is a budget like the others:
+pruning does not back off within a trial (the search sets the reduction), but a deployed model
+further below the original exits 1 like one that misses a device budget, so a CI job fails. Weight
+sharing runs only on trials it could bring within every budget.
 """
 
 from __future__ import annotations
@@ -81,57 +83,158 @@ def _misses(costs: dict, limits: dict) -> dict:
     return out
 
 
-def _trial(base, cfg: CompressConfig, sparsity: float, folder: Path) -> dict:
-    from tinyprune.device_stages import deployed, export_stage, share_stage
+def _note(progress, text: str) -> None:
+    """A line of its own in the progress output (cli_progress), where the display takes one."""
+    note = getattr(progress, "note", None)
+    if note is not None:
+        note(text)
+
+
+def _sharing_cannot_help(state, cfg: CompressConfig, limits: dict, floor: float) -> str | None:
+    """Why weight sharing cannot turn this trial into one that meets every budget, if it cannot.
+
+    A LUT model only saves flash: it adds RAM (decoded weights), time and energy (DECODE ops), and
+    never adds accuracy. So a trial whose int8 model misses anything but flash, or whose flash
+    the largest saving possible at the fewest bits cannot bring within budget, skips the search
+    (the search trains and converts once per width: minutes on a real model)."""
+    from tinyprune.deepcompress.deploy import weight_bytes_saved_at_most
+    from tinyprune.measure.deployed import decode_code_bytes
+    from tinyprune.measure.graph import read_graph
+
+    int8 = next(r for r in state.records if r.name == "int8")
+    if int8.accuracy < floor - 1e-12:
+        return "skipped: the int8 model is already below the accuracy budget"
+    misses = _misses(_costs(int8), limits)
+    other = [k for k in misses if k != "flash_bytes"]
+    if other:
+        return f"skipped: the int8 model misses {', '.join(_name(k) for k in other)}, which LUTs only add to"
+    if "flash_bytes" in misses:
+        ops = [op.op for op in read_graph(state.int8["bytes"]).ops]
+        most = weight_bytes_saved_at_most(state.finetuned, cfg.sharing.min_bits) - decode_code_bytes(ops, state.target)
+        if misses["flash_bytes"]["over"] > most:
+            return (f"skipped: LUTs save at most {max(most, 0):,} B of firmware flash, the int8 model is "
+                    f"{misses['flash_bytes']['over']:,.0f} B over the flash budget")
+    return None
+
+
+def _trial(base, cfg: CompressConfig, sparsity: float, folder: Path, limits: dict, floor: float) -> dict:
     from tinyprune.api import prune_finetune_stage
+    from tinyprune.deepcompress.deploy import Plan
+    from tinyprune.device_stages import deployed, export_stage, share_stage
     from tinyprune.state import RunState
 
     folder.mkdir()
     state = RunState(base.source, base.target, folder, base.progress, base.data_path, base.builtin_data,
                      loaded=base.loaded, splits=base.splits, example=base.example, model=base.model,
                      records=[base.records[0]])
-    trial_cfg = replace(cfg, prune=replace(cfg.prune, sparsity=sparsity), max_accuracy_drop=100.0, deepcompress=None)
-    for stage in (prune_finetune_stage, export_stage, share_stage):
-        state, produced = stage(state, trial_cfg)
+    cfg = replace(cfg, prune=replace(cfg.prune, sparsity=sparsity), deepcompress=None)
+    # the search sets the MAC reduction: pruning must not back off it (the accuracy budget is
+    # checked on the deployed model below); weight sharing keeps the user's budget
+    stages = [(prune_finetune_stage, replace(cfg, max_accuracy_drop=100.0)), (export_stage, cfg)]
+    for stage, stage_cfg in stages:
+        state, produced = stage(state, stage_cfg)
         state.records.extend(produced if isinstance(produced, (list, tuple)) else [produced])
-    dep = deployed(state, trial_cfg)
+    skip = _sharing_cannot_help(state, cfg, limits, floor) if cfg.sharing is not None else None
+    if skip:
+        state.sharing = Plan([], [], None, skip)
+    else:
+        state, produced = share_stage(state, cfg)
+        state.records.extend(produced)
+    dep = deployed(state, cfg)
     chosen = next(r for r in state.records if r.name == dep["stage"])
     return {"sparsity": sparsity, "state": state, "deployed": dep, "costs": _costs(chosen),
             "accuracy": dep["accuracy"]}
 
 
+def _name(key: str) -> str:
+    return {"flash_bytes": "flash", "ram_bytes": "RAM", "latency_ms": "latency", "energy_uj": "energy",
+            "accuracy": "accuracy"}[key]
+
+
+def _miss_text(key: str, m: dict) -> str:
+    if m["value"] is None:
+        return f"{_name(key)} (not measurable)"
+    if key == "accuracy":
+        return f"accuracy {m['value']:.2%} < {m['limit']:.2%}"
+    return f"{_name(key)} {_fmt(key, m['value'])} > {_fmt(key, m['limit'])}"
+
+
+def _result_line(trial: dict, floor: float) -> str:
+    c = trial["costs"]
+    measured = (f"{trial['accuracy']:.2%} in TFLM, firmware {c['flash_bytes']:,} B flash, {c['ram_bytes']:,} B RAM, "
+                f"{c['latency_ms']:.3g} ms" if c["flash_bytes"] is not None else f"{trial['accuracy']:.2%} in TFLM")
+    verdict = "meets every budget" if trial["fits"] else "misses " + ", ".join(
+        _miss_text(k, m) for k, m in trial["misses"].items())
+    return f"--fit trial {trial['index'] + 1}: {trial['deployed']['artifact']}, {measured}: {verdict}"
+
+
 def search(base, cfg: CompressConfig, budgets: FitBudgets, tmp: Path) -> tuple[dict, list[dict], dict]:
-    """(chosen trial, all trials, limits); BudgetExceeded (exit 1) when nothing fits."""
+    """(chosen trial, all trials, limits); BudgetExceeded (exit 1) when no trial meets every budget.
+
+    Device budgets shrink-monotone in the MAC reduction and accuracy falls with it, so a trial
+    that misses both a device budget and the accuracy budget ends the search: a smaller
+    reduction misses the device budget, a larger one the accuracy."""
     limits = budgets.limits(base.target)
+    original = base.records[0].accuracy
+    floor = original - cfg.max_accuracy_drop / 100
     trials: list[dict] = []
+    most = 2 + BISECTION_STEPS
 
     def run(sparsity: float) -> dict:
-        trial = _trial(base, cfg, sparsity, tmp / f"_trial{len(trials)}")
-        trial["misses"] = _misses(trial["costs"], limits)
+        _note(base.progress, f"--fit trial {len(trials) + 1} (of at most {most}): {sparsity:.0%} of the MACs "
+                             f"removed, then fine-tune, int8 and weight sharing")
+        trial = _trial(base, cfg, sparsity, tmp / f"_trial{len(trials)}", limits, floor)
+        trial["index"] = len(trials)
+        trial["device_misses"] = _misses(trial["costs"], limits)
+        trial["misses"] = dict(trial["device_misses"])
+        if trial["accuracy"] < floor - 1e-12:
+            trial["misses"]["accuracy"] = {"value": trial["accuracy"], "limit": floor,
+                                           "over": (floor - trial["accuracy"]) * 100}
         trial["fits"] = not trial["misses"]
         trials.append(trial)
+        _note(base.progress, _result_line(trial, floor))
         return trial
 
-    if run(0.0)["fits"]:
-        return trials[0], trials, limits
-    top = run(MAX_SPARSITY)
-    if not top["fits"]:
-        closest = min(trials, key=lambda t: sum(m["over"] / m["limit"] for m in t["misses"].values()))
-        raise BudgetExceeded(f"nothing fits {base.target.name}: the closest, {closest['sparsity']:.0%} of the MACs "
-                             f"removed ({closest['deployed']['artifact']}), misses " + ", ".join(
-                                 f"{k.replace('_', ' ')} {_fmt(k, m['value'])} > {_fmt(k, m['limit'])}"
-                                 if m["value"] is not None else f"{k.replace('_', ' ')} (not measurable)"
-                                 for k, m in closest["misses"].items()))
-    lo, hi = 0.0, MAX_SPARSITY
-    for _ in range(BISECTION_STEPS):
-        mid = round((lo + hi) / 2, 4)
-        if run(mid)["fits"]:
-            hi = mid
-        else:
-            lo = mid
+    def hopeless(trial: dict) -> bool:
+        return bool(trial["device_misses"]) and "accuracy" in trial["misses"]
+
+    first = run(0.0)
+    if first["device_misses"] and not hopeless(first):
+        top = run(MAX_SPARSITY)
+        if not top["device_misses"]:
+            lo, hi = 0.0, MAX_SPARSITY
+            for _ in range(BISECTION_STEPS):
+                mid = round((lo + hi) / 2, 4)
+                trial = run(mid)
+                if hopeless(trial):
+                    break
+                if trial["device_misses"]:
+                    lo = mid
+                else:
+                    hi = mid
     fitting = [t for t in trials if t["fits"]]
+    if not fitting:
+        raise BudgetExceeded(_nothing_fits(base.target.name, trials, original, cfg.max_accuracy_drop))
     best = max(fitting, key=lambda t: (t["accuracy"], -t["sparsity"]))
     return best, trials, limits
+
+
+def _nothing_fits(target: str, trials: list[dict], original: float, max_drop: float) -> str:
+    """One line: the closest trial (the most accurate that fits the device, else the one nearest
+    the device budgets) and what every trial missed."""
+    on_device = [t for t in trials if not t["device_misses"]]
+    if on_device:
+        closest = max(on_device, key=lambda t: t["accuracy"])
+        head = (f"nothing fits {target} within the accuracy budget (at most {max_drop:g} points below the "
+                f"original {original:.2%})")
+    else:
+        closest = min(trials, key=lambda t: sum(m["over"] / m["limit"] for m in t["device_misses"].values()))
+        head = f"nothing fits {target}"
+    each = "; ".join(f"{t['sparsity']:.0%}: " + ", ".join(_miss_text(k, m) for k, m in t["misses"].items())
+                     for t in trials)
+    return (f"{head}: the closest, {closest['sparsity']:.0%} of the MACs removed ({closest['deployed']['artifact']}), "
+            f"misses " + ", ".join(_miss_text(k, m) for k, m in closest["misses"].items())
+            + f"; every trial (MACs removed: misses): {each}")
 
 
 def _fmt(key: str, value: float) -> str:

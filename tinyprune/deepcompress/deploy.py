@@ -72,6 +72,12 @@ def candidates(model: nn.Module, bits: int) -> list[tuple[str, str, int]]:
             if lut_saving(module.weight.numel(), _channels(module), bits) > 0]
 
 
+def weight_bytes_saved_at_most(model: nn.Module, bits: int) -> int:
+    """Weight bytes ``bits``-bit LUTs could save at most: index bytes only, the tables and DECODE ops
+    not counted, so no LUT model of ``model`` saves more (an upper bound for skipping the search)."""
+    return sum(numel - -(-numel * bits // 8) for _, _, numel in candidates(model, bits))
+
+
 def share(model: nn.Module, layers: list[str], bits: int, x: np.ndarray, y: np.ndarray, cfg: SharingConfig,
           seed: int) -> nn.Module:
     """A copy of ``model`` whose listed weights share 2^bits values each (k-means, centroids fine-tuned).
@@ -159,7 +165,7 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
     layers = [name for name, _, _ in found]
     if not layers:
         return Plan([], [], None, "no layer is large enough for a LUT (indices, tables and DECODE op) to save flash")
-    most = sum(numel - -(-numel * cfg.min_bits // 8) for _, _, numel in found)
+    most = weight_bytes_saved_at_most(model, cfg.min_bits)
     if decode_code_bytes and most <= decode_code_bytes:
         return Plan(layers, [], None, f"a LUT model cannot make the firmware smaller (the DECODE kernel adds "
                                       f"{decode_code_bytes:,} B of code, {cfg.min_bits}-bit LUTs save at most "
