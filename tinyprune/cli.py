@@ -42,7 +42,8 @@ def _cache_dir(args) -> str | None:
 def _model_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="the model file")
     p.add_argument("--data", type=Path, help=".npz with x,y or x_train,y_train,x_test,y_test (NCHW or NHWC)")
-    p.add_argument("--arch", help="package.module:factory that builds the model, for a state_dict file")
+    p.add_argument("--arch", help="module:factory (the current folder is importable) or path/to/file.py:factory "
+                                   "that builds the model, for a state_dict file")
     p.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
                    help="load a file that runs its own code: a pickle needing classes outside torch.nn, or "
                         "TorchScript (RUNS ITS CODE: trusted files only)")
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG)
     ana.add_argument("model", type=Path, help="the model file (same formats as compress)")
     ana.add_argument("--data", type=Path, required=True, help=".npz with x,y (as for compress)")
-    ana.add_argument("--arch", help="package.module:factory, for a state_dict file")
+    ana.add_argument("--arch", help="module:factory or path/to/file.py:factory, for a state_dict file")
     ana.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
                     help="as for compress (RUNS THE FILE'S CODE)")
     ana.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="KDE noise variance, or median (default: half the median pairwise distance per layer; "
                          "a fixed 0.1 saturates at (ln N, H(Y)) on wide layers)")
     pl.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    pl.add_argument("--arch", help="package.module:factory, for a state_dict file")
+    pl.add_argument("--arch", help="module:factory or path/to/file.py:factory, for a state_dict file")
     pl.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
                     help="as for compress (RUNS THE FILE'S CODE)")
     pl.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto")

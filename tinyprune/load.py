@@ -8,10 +8,14 @@ is the explicit opt-in for trusted files.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
+import os
 import pickle
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +70,61 @@ def _kind(path: Path, names: list[str] | None) -> str:
     return "unknown"
 
 
-def _import_factory(spec: str):
-    if ":" not in spec:
-        raise ConfigError(f"--arch must look like package.module:factory, got {spec!r}")
-    mod_name, _, attr = spec.partition(":")
+@contextlib.contextmanager
+def _cwd_importable():
+    """The current folder on sys.path, as ``python script.py`` has it for the script's folder: a
+    user's ``mynet.py`` beside the model imports without PYTHONPATH (the console script's own
+    folder is on sys.path instead)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ConfigError(f"--arch: cannot import module {mod_name!r} ({exc}); is it on PYTHONPATH?") from None
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _module_from_file(file: str, spec: str):
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--arch {spec}: no file {path}")
+    name = re.sub(r"\W", "_", path.stem)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # its own imports of modules beside it
+    sys.modules[name] = module  # its classes pickle and copy by this name
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ConfigError(f"--arch {spec}: running {path} failed ({type(exc).__name__}: {_first_line(exc)})") from None
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def _import_factory(spec: str):
+    mod_name, _, attr = spec.rpartition(":")
+    if not mod_name or not attr:
+        raise ConfigError(f"--arch must look like package.module:factory or path/to/file.py:factory, got {spec!r}")
+    if mod_name.endswith(".py") or "/" in mod_name or "\\" in mod_name:
+        module = _module_from_file(mod_name, spec)
+    else:
+        try:
+            with _cwd_importable():
+                module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and f"{mod_name}.".startswith(f"{exc.name}."):
+                raise ConfigError(f"--arch: no module {mod_name!r} in the current folder or on PYTHONPATH; run from "
+                                  f"the folder that holds it, or name its file: --arch path/to/"
+                                  f"{mod_name.replace('.', '/')}.py:{attr}") from None
+            raise ConfigError(f"--arch: importing {mod_name!r} failed: it needs {exc.name!r}, which is not "
+                              "installed") from None
+        except Exception as exc:
+            raise ConfigError(f"--arch: importing {mod_name!r} failed ({type(exc).__name__}: {_first_line(exc)})") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"--arch: {mod_name!r} has no callable {attr!r}")
@@ -121,7 +172,8 @@ def _load_pickle(path: Path, arch: str | None, trust_code: bool) -> LoadedModel:
 
     try:
         if trust_code:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            with _cwd_importable():  # the classes of a model saved from a script in this folder
+                obj = torch.load(path, map_location="cpu", weights_only=False)
         else:
             with torch.serialization.safe_globals(_nn_allow_list()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -134,6 +186,21 @@ def _load_pickle(path: Path, arch: str | None, trust_code: bool) -> LoadedModel:
                 "or pass --trust-code if you trust this file"
             ) from None
         raise UnsupportedModel(f"{path.name} is not a readable PyTorch file ({_first_line(exc)})") from None
+    except ModuleNotFoundError as exc:  # the pickle names its classes' module; the file itself is fine
+        missing = exc.name or "?"
+        raise UnsupportedModel(
+            f"{path.name} needs its classes from the module {missing!r}, which cannot be imported: run from the "
+            f"folder that holds {missing.split('.')[0]}.py (or add that folder to PYTHONPATH), or save a state_dict "
+            "and pass --arch path/to/file.py:factory") from None
+    except AttributeError as exc:  # the module imports but lacks the class (e.g. one defined in __main__)
+        found = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(exc))
+        if not found:
+            raise UnsupportedModel(f"{path.name} is corrupt or truncated ({_first_line(exc)})") from None
+        raise UnsupportedModel(
+            f"{path.name} needs the class {found.group(1)} from the module {found.group(2)!r}, which does not define "
+            "it" + (" (the class was defined in the script that saved the model: move it into a module file)"
+                    if found.group(2) == "__main__" else "") + "; or save a state_dict and pass --arch "
+            "path/to/file.py:factory") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError for corrupt archives
         raise UnsupportedModel(f"{path.name} is corrupt or truncated ({_first_line(exc)})") from None
 
