@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX) --retries 1 --timeout 20 \
 		|| $(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[compress,test,sweep]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[compress,test,sweep,vela]'
 	touch $(STAMP)
 
 demo: install

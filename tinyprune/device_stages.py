@@ -112,6 +112,13 @@ def export_stage(state: RunState, cfg: CompressConfig):
     measured = name_layers(measure(int8_bytes, state, arena_bytes=arena, onnx_model=tmp / "model.onnx"), int8_bytes,
                            layers["layers"])
     state.progress(3, 3, "measuring the int8 model")
+    if target.npu:  # what the firmware holds on an Ethos-U part: the model as Vela compiled it
+        from tinyprune.measure.npu import compile_model
+
+        vela = compile_model(int8_bytes, target)
+        state.write("model_vela.tflite", vela.model)
+        for name, text in firmware_files(vela.model, vela.sram_bytes, io, "model_vela").items():
+            state.write(name, text)
     return state, StageRecord(
         "int8", counted["params"], counted["macs"], device["score"], time.perf_counter() - t,
         flash_bytes=len(int8_bytes), arena_bytes=arena, nonzero_params=counted.get("nonzero_params"),
@@ -150,6 +157,11 @@ def share_stage(state: RunState, cfg: CompressConfig):
 
     t = time.perf_counter()
     splits, target, y = state.splits, state.target, state.int8["y"]
+    if target.npu:  # Vela encodes the weights itself; a TFLM DECODE op would only run on the host CPU
+        from tinyprune.deepcompress.deploy import Plan
+
+        state.sharing = Plan([], [], None, f"not on {target.name}: Vela compresses the NPU's weights itself")
+        return state, []
 
     def export(shared) -> bytes:
         with tempfile.TemporaryDirectory(prefix="tinyprune-share-", dir=state.tmp) as work:
@@ -237,6 +249,10 @@ def deployed(state: RunState, cfg: CompressConfig) -> dict:
            "flash_bytes": chosen.flash_bytes, "arena_bytes": chosen.arena_bytes, "accuracy": chosen.accuracy,
            "accuracy_runtime": "tflm", "max_accuracy_drop_points": cfg.max_accuracy_drop,
            "accuracy_drop_points": drop, "within_accuracy_budget": drop <= cfg.max_accuracy_drop + 1e-9}
+    costs = (chosen.details.get("measure") or {}).get("deployed") or {}
+    if costs.get("npu"):  # an Ethos-U part flashes the Vela-compiled model; TFLM's accuracy is its int8 model's
+        out.update(artifact="model_vela.tflite", flash_bytes=costs["model_bytes"], arena_bytes=costs["arena_bytes"],
+                   accuracy_runtime="tflm (the int8 model Vela compiled; the NPU runs the same int8 graph)")
     split = chosen.details.get("decompression_memory") if lut else None
     if split and split.get("required"):  # the decoded weights in the target's separate region, not the arena
         out["decompression_bytes"] = split["alt_bytes"]

@@ -36,6 +36,12 @@ class Target:
     tflm_ops: tuple = ()
     tflm_custom_ops: tuple = ()
     calibration: str = ""
+    # an Arm Ethos-U microNPU beside the core (tinyprune.measure.npu): Vela's accelerator
+    # configuration, system configuration and memory mode; the host core runs what the NPU cannot
+    npu: str = ""
+    npu_system_config: str = ""
+    npu_memory_mode: str = ""
+    host_core: str = ""
     # the known target this one is based on (a user's board file: base = "cortex-m4"), whose core
     # the runtime cost models are looked up by (tinyprune.measure.runtimes)
     base: str = ""
@@ -47,7 +53,7 @@ class Target:
         d = asdict(self)
         d["tflm_ops"] = list(self.tflm_ops)
         d["tflm_custom_ops"] = list(self.tflm_custom_ops)
-        for key in ("base", "runtime", "runtime_choice"):
+        for key in ("base", "runtime", "runtime_choice", "npu", "npu_system_config", "npu_memory_mode", "host_core"):
             if not d[key]:
                 del d[key]  # a target file of its own (what the schema describes)
         return d
@@ -75,7 +81,8 @@ _FIELDS = {
     "calibration": str,
 }
 # keys a target file may leave out, with the value they then take
-_OPTIONAL = {"decompression_ram_bytes": ("count", 0)}
+_OPTIONAL = {"decompression_ram_bytes": ("count", 0), "npu": (str, ""), "npu_system_config": (str, ""),
+             "npu_memory_mode": (str, ""), "host_core": (str, "")}
 
 
 def _files() -> dict[str, resources.abc.Traversable]:
@@ -138,6 +145,8 @@ def _validate(stem: str, raw: dict, own_file: bool = False) -> Target:
     if raw["name"] != stem and not own_file:
         raise ConfigError(f"{where}: name '{raw['name']}' does not match the file name")
     _check_energy(where, values)
+    if values["npu"] and not (values["npu_system_config"] and values["npu_memory_mode"] and values["host_core"]):
+        raise ConfigError(f"{where}: an npu needs npu_system_config, npu_memory_mode and host_core")
     return Target(**values)
 
 
@@ -168,6 +177,10 @@ def configure(target: Target, runtime: str | None = None, clock_mhz: float | Non
         if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
             raise ConfigError(f"--clock-mhz must be > 0, got {clock_mhz!r}")
         target = replace(target, clock_hz=int(round(clock_mhz * 1e6)))
+    if target.npu:  # before any slow work: one line naming the extra when Vela is missing
+        from tinyprune.measure.npu import require
+
+        require(target)
     if runtime:
         from tinyprune.measure import runtimes
 

@@ -16,7 +16,7 @@ ARENA_MARGIN_MIN = 1024  # and at least 1 KiB more than measured
 _RESOLVER_NAMES = {"TFLM_DECODE": "Decode", "BATCH_MATMUL": "BatchMatMul", "PADV2": "PadV2", "CUMSUM": "CumSum",
                    "UNIDIRECTIONAL_SEQUENCE_LSTM": "UnidirectionalSequenceLSTM", "L2_POOL_2D": "L2Pool2D",
                    "RESIZE_NEAREST_NEIGHBOR": "ResizeNearestNeighbor", "SPACE_TO_BATCH_ND": "SpaceToBatchNd",
-                   "BATCH_TO_SPACE_ND": "BatchToSpaceNd"}
+                   "BATCH_TO_SPACE_ND": "BatchToSpaceNd", "ethos-u": "EthosU"}
 _C_TYPES = {"int8": "kTfLiteInt8", "uint8": "kTfLiteUInt8", "int16": "kTfLiteInt16", "int32": "kTfLiteInt32",
             "float32": "kTfLiteFloat32"}
 

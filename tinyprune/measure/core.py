@@ -87,9 +87,12 @@ def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_s
         # the firmware reserves the generated header's kTensorArenaSize: the measured arena + margin
         reserved = arena_size(ram) if arena_bytes is not None else ram
         source = (f"kTensorArenaSize: {ram_source}, {ram:,} B, + margin" if arena_bytes is not None else ram_source)
-        costs = deployed.compute(layers, target, channels_last=True, model_bytes=flash_bytes, arena_bytes=reserved,
-                                 arena_source=source, basis="int8 TFLite model",
-                                 decompression_bytes=totals["decompression_bytes"])
+        if getattr(target, "npu", "") and not unsupported:
+            costs = deployed.compute_npu(extra["model_bytes"], target)
+        else:
+            costs = deployed.compute(layers, target, channels_last=True, model_bytes=flash_bytes, arena_bytes=reserved,
+                                     arena_source=source, basis="int8 TFLite model",
+                                     decompression_bytes=totals["decompression_bytes"])
     else:  # what its int8 conversion would cost: one byte per parameter and per activation element
         width = max(1, round(np.mean([energy_mod._bytes_per_element(l["dtype"]) for l in layers
                                       if l["activation_bytes"]] or [4])))
@@ -110,7 +113,7 @@ def _assemble(fmt: str, layers: list[dict], target, *, flash_bytes: int, flash_s
         "unsupported_ops": unsupported,
         "energy": {k: v for k, v in energy.items() if k != "per_layer_pj"},
         "latency": {"measured": timing},
-        **extra,
+        **{k: v for k, v in extra.items() if k != "model_bytes"},
     }
 
 
@@ -169,7 +172,7 @@ def measure_tflite(model_bytes: bytes, target, *, arena_bytes: int | None = None
           "outputs": [_io(graph.tensors[t]) for t in graph.outputs]}
     return _assemble("tflite", layers, target, flash_bytes=len(model_bytes), flash_source="flatbuffer bytes",
                      peak_bytes=peak, arena_bytes=arena_bytes, arena_note=note, timing=times,
-                     unsupported=unsupported, extra={"io": io, "subgraphs": graph.subgraphs},
+                     unsupported=unsupported, extra={"io": io, "subgraphs": graph.subgraphs, "model_bytes": model_bytes},
                      decompression=decompression)
 
 

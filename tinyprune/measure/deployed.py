@@ -83,6 +83,7 @@ class DeployedCosts:
     code: dict = field(default_factory=dict)  # tflm, cmsis_nn, libc_startup_app, per_op, estimated_ops
     notes: tuple[str, ...] = ()
     policy: str = POLICY
+    npu: dict | None = None  # an Ethos-U target: Vela's compilation and its per-operator cycles
 
     @property
     def fits_flash(self) -> bool:
@@ -118,9 +119,11 @@ class DeployedCosts:
                 f"{kib(self.flash_limit)} (model {kib(self.model_bytes)} + runtime code {kib(self.code_bytes)}), RAM "
                 f"{kib(self.ram_bytes)} of {kib(self.ram_limit)} (arena {kib(self.arena_bytes)} + stack and static "
                 f"data {kib(self.outside_arena_bytes)}){region}.",
-                f"Predicted at {self.clock_hz / 1e6:g} MHz: {ms.value:.2f} ms ({ms.low:.2f}-{ms.high:.2f}), "
+                f"Predicted at {self.clock_hz / 1e6:g} MHz: {ms.value:.3g} ms ({ms.low:.3g}-{ms.high:.3g}), "
                 f"{uj.value:,.1f} uJ ({uj.low:,.1f}-{uj.high:,.1f}) per inference, {int(100 * self.coverage)} % "
-                f"intervals; {self.instructions / 1e6:.2f} M instructions.",
+                f"intervals; " + (f"{self.npu['npu_cycles']:,} NPU cycles (Vela), {self.instructions:,} host "
+                                  f"instructions for {len(self.npu['cpu_ops'])} CPU ops." if self.npu else
+                                  f"{self.instructions / 1e6:.2f} M instructions."),
                 *(f"Note: {n}." for n in self.notes)]
 
     def to_dict(self) -> dict:
@@ -219,3 +222,58 @@ def decode_code_bytes(ops, target) -> int:
 
 def ram_outside_arena() -> int:
     return int(instructions.table()["firmware"]["ram_outside_arena_bytes"])
+
+
+NPU_BAND = 0.25  # Vela's cycles are a model: no hardware here to check them against, so a nominal band
+
+
+def compute_npu(model_bytes: bytes, target, *, basis: str = "int8 TFLite model compiled by Vela") -> DeployedCosts:
+    """The deployed costs on an Ethos-U target: the Vela-compiled model in flash, its SRAM as the
+    arena, NPU cycles from Vela's performance model plus the host core's cycles for what stays on
+    the CPU (priced as on the host core's own target)."""
+    from tinyprune.measure import npu
+    from tinyprune.measure.macs import tflite_layers
+
+    vela = npu.compile_model(model_bytes, target)
+    cpu_layers = [layer for layer in tflite_layers(vela.model) if layer["op"] != "ethos-u"]
+    core = runtimes.core_of(target)
+    per, _, stand_ins = layer_instructions(cpu_layers, target, channels_last=True)
+    groups: dict[str, float] = {}
+    for layer, n in zip(cpu_layers, per):
+        groups[instructions.group(layer)] = groups.get(instructions.group(layer), 0.0) + n
+    cpu = runtimes.predict(groups, runtimes.DEFAULT_RUNTIME, core, core) if per else None
+    cpu_s = (cpu.cycles / target.clock_hz) if cpu else 0.0
+    npu_s = vela.npu_cycles / vela.npu_clock_hz
+    seconds = npu_s + cpu_s
+    # the interval: Vela's nominal band on the NPU's share, the CPU model's own on the rest
+    low = npu_s * (1 - NPU_BAND) + cpu_s * (1 - (cpu.band if cpu else 0))
+    high = npu_s * (1 + NPU_BAND) + cpu_s * (1 + (cpu.band if cpu else 0))
+    cycles = Band(seconds * vela.npu_clock_hz, low * vela.npu_clock_hz, high * vela.npu_clock_hz)  # NPU clock cycles
+    ms = Band(seconds * 1e3, low * 1e3, high * 1e3)
+    pj = Band(target.pj_per_cycle, target.pj_per_cycle_low, target.pj_per_cycle_high)
+    energy = Band(cycles.value * pj.value * 1e-6, cycles.low * pj.low * 1e-6, cycles.high * pj.high * 1e-6)
+    code = firmware.code_bytes([layer["op"] for layer in cpu_layers] + ["ethos-u"], core)
+    notes = [f"NPU cycles, SRAM and flash from Vela ({vela.accelerator}, {vela.system_config}, {vela.memory_mode}): "
+             "a performance model, not measured on hardware; band +-25 % nominal",
+             "the Ethos-U driver's code size is not in the calibration: estimated"]
+    if vela.cpu_ops:
+        notes.append(f"on the host {core}: {', '.join(sorted(set(vela.cpu_ops)))}")
+    if stand_ins:
+        notes.append(f"no calibration for {', '.join(stand_ins)}: priced by a similar op's model")
+    from tinyprune.export.firmware import arena_size
+
+    outside, arena = ram_outside_arena(), arena_size(vela.sram_bytes)  # reserved as kTensorArenaSize, as on a CPU
+    return DeployedCosts(
+        basis=basis, core=core, runtime=f"vela {vela.accelerator}", runtime_label=f"Ethos-U ({vela.accelerator}, Vela)",
+        clock_hz=int(vela.npu_clock_hz), coverage=float(instructions.table()["calibration"]["coverage"]),
+        model_bytes=len(vela.model), code_bytes=int(code["total"]), flash_bytes=len(vela.model) + int(code["total"]),
+        arena_bytes=arena, arena_source=f"kTensorArenaSize: Vela's SRAM for feature maps and scratch, "
+                                        f"{vela.sram_bytes:,} B, + margin",
+        outside_arena_bytes=outside, decompression_bytes=None, ram_bytes=arena + outside,
+        instructions=int(round(sum(per))), cycles=cycles, ms=ms, energy_uj=energy, pj_per_cycle=pj,
+        energy_source=target.energy_source, flash_limit=int(target.flash_bytes), ram_limit=int(target.ram_bytes),
+        decompression_limit=int(target.decompression_ram_bytes),
+        code={k: code[k] for k in ("tflm", "cmsis_nn", "libc_startup_app", "unregistered_credit", "per_op",
+                                   "estimated_ops")},
+        notes=tuple(notes), npu={**vela.to_dict(), "cpu_cycles": cpu.cycles if cpu else 0.0,
+                                 "host_clock_hz": target.clock_hz})

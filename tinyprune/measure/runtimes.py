@@ -60,12 +60,18 @@ def names() -> list[str]:
 
 
 def core_of(target) -> str:
-    """The core that prices ``target``: its own, its base's, or the Cortex-M4 for a core the data lacks."""
-    return CORE_OF_TARGET.get(getattr(target, "base", "") or "") or CORE_OF_TARGET.get(target.name) or "cortex-m4"
+    """The core that prices ``target``: its host core (an NPU target), its own, its base's, or the
+    Cortex-M4 for a core the data lacks."""
+    return _known(target) or "cortex-m4"
 
 
 def known_core(target) -> bool:
-    return (CORE_OF_TARGET.get(getattr(target, "base", "") or "") or CORE_OF_TARGET.get(target.name)) is not None
+    return _known(target) is not None
+
+
+def _known(target) -> str | None:
+    return (CORE_OF_TARGET.get(getattr(target, "host_core", "") or "")
+            or CORE_OF_TARGET.get(getattr(target, "base", "") or "") or CORE_OF_TARGET.get(target.name))
 
 
 def _version_key(text: str) -> tuple:

@@ -90,6 +90,8 @@ def _sharing_line(report: Report) -> list[str]:
     sharing = dep.get("weight_sharing") or {}
     if not sharing:
         return []
+    if dep["artifact"] == "model_vela.tflite":
+        return [f"Deployed the int8 model compiled by Vela for the NPU ({sharing.get('reason', '')})."]
     if dep["stage"] == "int8_lut":
         plain, lut = report.costs("int8"), report.costs("int8_lut")
         trade = ""
@@ -110,15 +112,16 @@ def headline(report: Report) -> list[str]:
         return []
     stage = report.stage(dep["stage"])
     c = report.costs()
-    prefix = "model_lut" if dep["stage"] == "int8_lut" else "model"
+    prefix = {"model_int8_lut.tflite": "model_lut", "model_vela.tflite": "model_vela"}.get(dep["artifact"], "model")
+    kind = "Vela's SRAM for the feature maps" if prefix == "model_vela" else "measured in TFLM"
     float_acc = report.stage("original").accuracy
     metric = score_label(report.data)
     label = metric[0].upper() + metric[1:]
     fits = c.fits if c else False
     return [
         f"Flash `{dep['artifact']}` (C array: `{prefix}_data.cc/.h`, ops: `{prefix}_ops.h`); reserve a "
-        f"{arena_size(dep['arena_bytes']):,} B tensor arena (`kTensorArenaSize`: {dep['arena_bytes']:,} B measured "
-        "in TFLM + margin).",
+        f"{arena_size(dep['arena_bytes']):,} B tensor arena (`kTensorArenaSize`: {dep['arena_bytes']:,} B {kind} "
+        "+ margin).",
         *(c.lines(t["name"]) if c else []),
         f"{label} {_pct(float_acc)} (original, float) -> {_pct(dep['accuracy'])} on the device (TFLM, "
         f"{report.data['eval']} held-out samples).",
@@ -297,6 +300,24 @@ def _io_section(r: Report) -> Section | None:
         f"{o['dtype']} {o['shape']} with {quant(o)}."])
 
 
+def _npu_section(r: Report) -> Section | None:
+    """Ethos-U targets: Vela's compilation, its cycles per operator, and what stays on the host."""
+    c = r.costs()
+    if c is None or not c.npu:
+        return None
+    n = c.npu
+    clock = n["npu_clock_hz"]
+    rows = [[l["op"], l["npu_op"], l["target"], _num(l["cycles"]), f"{l['cycles'] / clock * 1e6:.2f}", _num(l["macs"]),
+             l["name"]] for l in n["layers"]]
+    host = ", ".join(sorted(set(n["cpu_ops"]))) or "none"
+    return Section("npu", f"NPU: {n['accelerator']} (Vela, {n['system_config']}, {n['memory_mode']})", [
+        f"Vela-compiled flatbuffer {n['compiled_bytes']:,} B (flash: {n['flash_bytes']:,} B of encoded weights and "
+        f"command stream), SRAM {n['sram_bytes']:,} B, {n['npu_cycles']:,} NPU cycles at {clock / 1e6:g} MHz "
+        f"({n['npu_cycles'] / clock * 1e3:.3f} ms); {n['npu_ops']} operators on the NPU; on the host CPU: {host}.",
+        Table(["TFLite op", "NPU op", "runs on", "cycles", "us", "MACs", "tensor"], rows, numeric_from=3),
+        Note(n["source"] + ": the cycles are Vela's estimate for this configuration.")])
+
+
 def _cost_section(r: Report) -> Section | None:
     steps = cost_and_gain(r)
     if not steps:
@@ -413,7 +434,8 @@ def sections(report: Report) -> list[Section]:
         f"(PyTorch layout), {r.model['classes']} classes. Data: {r.data['source']} ({r.data['train']} train / "
         f"{r.data['eval']} held-out / {r.data['calibration']} calibration)."]))
     views = measured_stages(r)
-    out += [_fit_section(r), _stages_section(r), _fidelity_section(r), _io_section(r), _cost_section(r),
+    out += [_fit_section(r), _stages_section(r), _fidelity_section(r), _io_section(r), _npu_section(r),
+            _cost_section(r),
             predicted_section(views, t["name"]), host_section(views, t["name"]), _deployed_section(r),
             _archive_section(r), _lut_section(r), _plane_section(r),
             layers_section(*views[-1], t["name"]) if views else None]
