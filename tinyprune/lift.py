@@ -121,29 +121,81 @@ def _preferred_name(node: fx.Node) -> str | None:
     return None
 
 
-def lift_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """Replace functional conv/linear/batch-norm calls by ``nn`` modules; drop export guards."""
+def _export_batch(graph: fx.Graph) -> int | None:
+    """The batch size the program was exported with: the first input's leading dimension."""
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() >= 1 and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+            return None
+    return None
+
+
+def _unpin_view(graph: fx.Graph, node: fx.Node, batch: int | None) -> bool:
+    """A view/reshape whose leading size is the export's batch, batch-independent; True when rewritten.
+
+    ``x.view(B, -1)`` becomes a flatten; a longer shape gets -1 for B (its other sizes from the
+    traced output when it already has a -1). Only where the input's leading size is that batch
+    too, so a view that folds the batch into another dimension is left alone."""
+    shape = node.args[1] if len(node.args) > 1 else None
+    if batch is None or not isinstance(shape, (list, tuple)) or len(shape) < 2 or shape[0] != batch:
+        return False
+    source = node.args[0]
+    val_in = source.meta.get("val") if isinstance(source, fx.Node) else None
+    if batch != 1 and not (isinstance(val_in, torch.Tensor) and val_in.dim() >= 1 and val_in.shape[0] == batch):
+        return False
+    if len(shape) == 2:
+        with graph.inserting_before(node):
+            flat = graph.call_function(torch.flatten, (source, 1))
+        flat.meta.update(node.meta)
+        node.replace_all_uses_with(flat)
+        graph.erase_node(node)
+        return True
+    rest = list(shape[1:])
+    if -1 in rest:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not all(isinstance(d, int) for d in val.shape[1:]):
+            return False
+        rest = [int(d) for d in val.shape[1:]]
+    node.args = (source, [-1, *rest], *node.args[2:])
+    return True
+
+
+def unpinned(gm: fx.GraphModule) -> fx.GraphModule:
+    """``ExportedProgram.module()`` runnable at any batch size, in place.
+
+    An export pins the example's batch size three ways: the input-shape check in a pre-hook,
+    the guards (``_guards_fn``: ``x.size()[0] == 2`` whichever layer reads the input), and
+    views that spell the batch out (``x.view(2, -1)`` for a flatten). Data, calibration and
+    TFLM all run at other batch sizes (1 on the device)."""
     graph = gm.graph
-    # ExportedProgram.module() checks input shapes in a pre-hook; like the guards, it would pin
-    # the batch size of the export.
     gm._forward_pre_hooks.clear()
-    lifted: list[tuple[fx.Node, str | None]] = []
+    batch = _export_batch(graph) or 1  # no traced shapes: a batch-1 export, as before they were recorded
+    changed = False
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
-            graph.erase_node(node)  # the guards pin the batch size the program was exported with
-            continue
+            graph.erase_node(node)
+            changed = True
+        elif node.op == "call_function" and node.target is aten._assert_tensor_metadata.default:
+            graph.erase_node(node)
+            changed = True
+        elif node.op == "call_function" and node.target in _VIEWS:
+            changed |= _unpin_view(graph, node, batch)
+    if changed:
+        graph.lint()
+        check_graph(gm, "the program")  # recompiling pastes these names into Python
+        gm.recompile()
+    return gm
+
+
+def lift_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """Replace functional conv/linear/batch-norm calls by ``nn`` modules; drop export guards."""
+    gm = unpinned(gm)
+    graph = gm.graph
+    lifted: list[tuple[fx.Node, str | None]] = []
+    for node in list(graph.nodes):
         if node.op != "call_function":
-            continue
-        if node.target is aten._assert_tensor_metadata.default:
-            graph.erase_node(node)
-            continue
-        if node.target in _VIEWS and isinstance(node.args[1], (list, tuple)) and len(node.args[1]) == 2 \
-                and node.args[1][0] == 1:
-            # x.view(1, -1) baked in by a batch-1 export: the batch-independent meaning is flatten.
-            with graph.inserting_before(node):
-                flat = graph.call_function(torch.flatten, (node.args[0], 1))
-            node.replace_all_uses_with(flat)
-            graph.erase_node(node)
             continue
         build = _conv if node.target in _CONV else _linear if node.target in _LINEAR else \
             _batch_norm if node.target in _BN else None

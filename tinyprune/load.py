@@ -38,7 +38,9 @@ class LoadedModel:
     def callable(self):
         """Something to run a trial forward pass with (to check data against the model)."""
         if self.format == "exported-program":
-            return self.obj.module()
+            from tinyprune.lift import unpinned
+
+            return unpinned(self.obj.module())  # the data's batch sizes, not the export's
         return self.obj
 
 

@@ -128,3 +128,33 @@ def test_pickle_whose_module_is_not_importable_names_it_and_the_fix(tmp_path, di
     beside = _cli("compress", "full.pt", "--trust-code", "--data", tmp_path / "wrong.npz", "--out", tmp_path / "o",
                   cwd=folder)
     assert beside.returncode == 2 and "does not fit the model" in beside.stderr, beside.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [2, 8])
+@pytest.mark.parametrize("name", ["cnn_bn", "autoencoder"])
+def test_pt2_exported_at_any_batch_compresses(tmp_path, digits, capsys, name, batch):
+    """torch.export at a static batch pins it (guards on the input, views spelling it out); the
+    data, the calibration and TFLM run at other batch sizes."""
+    import json
+
+    from tinyprune.cli import main
+    from tinyprune.config import FinetuneConfig
+    from tinyprune.testing import MODELS, SAMPLE_SHAPES
+    from tinyprune.train import fit
+
+    x = digits.x_train.reshape(len(digits.x_train), *SAMPLE_SHAPES[name])
+    y = x if name == "autoencoder" else digits.y_train
+    torch.manual_seed(0)
+    model = fit(MODELS[name](), x, y, FinetuneConfig(epochs=2, lr=3e-3), seed=0).eval()
+    src = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.from_numpy(x[:batch]),)), src)
+    data = tmp_path / "d.npz"
+    np.savez(data, **({"x": x} if name == "autoencoder" else {"x": x.transpose(0, 2, 3, 1), "y": y}))
+    code = main(["compress", str(src), "--data", str(data), "--out", str(tmp_path / "out"), "--sparsity", "0.3",
+                 "--finetune-epochs", "1", "--no-deepcompress", "--max-accuracy-drop", "100", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    stages = {s["name"]: s for s in json.loads(captured.out)["stages"]}
+    assert stages["pruned"]["macs"] < stages["original"]["macs"]
+    assert stages["int8"]["flash_bytes"] == (tmp_path / "out" / "model_int8.tflite").stat().st_size
