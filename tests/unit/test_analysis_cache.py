@@ -74,22 +74,22 @@ def test_a_run_at_another_sparsity_reuses_the_analysis_and_prunes_the_same(tmp_p
 
     model = trained("digits_cnn")
     x, y = digits.x_train[:200], digits.y_train[:200]
-    plain = prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.5), x, y, 10)
-    prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.3), x, y, 10, cache_dir=tmp_path)
+    plain = prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.5, compensate=False), x, y, 10)
+    prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.3, compensate=False), x, y, 10, cache_dir=tmp_path)
     module, name = measure.rsplit(".", 1)
     import importlib
 
     real = getattr(importlib.import_module(module), name)
     calls = []
     monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.5), x, y, 10, cache_dir=tmp_path)
+    again = prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.5, compensate=False), x, y, 10, cache_dir=tmp_path)
     # The 0.3 run measured the unpruned model and every state on its way; the 0.5 run takes the
     # same steps at first, so it measures only past the point where the 0.3 run stopped.
     assert again.kept == plain.kept and again.macs_after == plain.macs_after
-    unpruned = prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.3), x, y, 10, cache_dir=tmp_path)
+    unpruned = prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.3, compensate=False), x, y, 10, cache_dir=tmp_path)
     assert unpruned.macs_after < unpruned.macs_before
     measured_at_05 = len(calls)
     assert measured_at_05 >= 1  # the steps beyond 30 % were new
     calls.clear()
-    prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.5), x, y, 10, cache_dir=tmp_path)
+    prune_to_macs(model, PruneConfig(criterion=criterion, sparsity=0.5, compensate=False), x, y, 10, cache_dir=tmp_path)
     assert calls == []  # everything the same run needs is stored

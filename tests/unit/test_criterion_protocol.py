@@ -113,7 +113,7 @@ def test_vib_layer_gamma_reaches_training_and_a_wrong_count_fails_first(mlp_data
 def test_seed_reaches_vib_and_mipp(mlp_data, criterion, options, sparsity):
     model, splits = mlp_data
     x, y = splits.x_train, splits.y_train
-    cfg = PruneConfig(criterion=criterion, sparsity=sparsity, options=options)
+    cfg = PruneConfig(criterion=criterion, sparsity=sparsity, options=options, compensate=False)
 
     def run(seed):
         torch.manual_seed(123)  # the global RNG is the same: only --seed differs
@@ -153,7 +153,7 @@ def test_a_new_criterion_is_one_registered_class(mlp_data):
     model, splits = mlp_data
     register(_KeepFirstHalf)
     try:
-        cfg = PruneConfig(criterion="test-half", sparsity=0.5)
+        cfg = PruneConfig(criterion="test-half", sparsity=0.5, compensate=False)
         res = prune_to_macs(model, cfg, splits.x_train[:200], splits.y_train[:200], 10, seed=7)
     finally:
         protocol.CRITERIA.pop("test-half")
@@ -174,15 +174,15 @@ def test_mi_analysis_rejects_labels_it_cannot_use(mlp_data, labels, message):
 
     model, splits = mlp_data
     with pytest.raises(DataError, match=message):
-        prune_to_macs(model, PruneConfig(criterion="mi", sparsity=0.3), splits.x_train[:200], labels, 10)
+        prune_to_macs(model, PruneConfig(criterion="mi", sparsity=0.3, compensate=False), splits.x_train[:200], labels, 10)
 
 
 def test_bnscale_prunes_by_batch_norm_scale_and_refuses_a_model_without_one(mlp_data, trained, digits):
     model, splits = mlp_data
     with pytest.raises(ConfigError, match="no affine batch norm; use l1 or flow"):
-        prune_to_macs(model, PruneConfig("bnscale", 0.4), splits.x_train[:200], splits.y_train[:200], 10)
+        prune_to_macs(model, PruneConfig("bnscale", 0.4, compensate=False), splits.x_train[:200], splits.y_train[:200], 10)
     cnn = trained("cnn_bn")
-    result = prune_to_macs(cnn, PruneConfig("bnscale", 0.4), digits.x_train[:200], digits.y_train[:200], 10)
+    result = prune_to_macs(cnn, PruneConfig("bnscale", 0.4, compensate=False), digits.x_train[:200], digits.y_train[:200], 10)
     assert 0.4 <= 1 - result.macs_after / result.macs_before <= 0.41
     # the channels kept in the first conv are those with the largest |gamma|
     gamma = cnn.get_submodule("1").weight.detach().abs()

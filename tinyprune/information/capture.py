@@ -4,6 +4,10 @@ The information criteria need, for each layer, one value per (sample, channel). 
 ``[N, C, *spatial]`` is summarized over its spatial positions: ``"mean"`` (the channel's
 average response, default), ``"max"`` (its peak), or ``"flat"`` (no summary, ``[N, C, H*W]``).
 A Linear output ``[N, F]`` is already one value per channel (``"flat"`` gives ``[N, F, 1]``).
+
+:func:`run_hooks` is the one place a model is run with hooks over analysis samples: the
+information criteria, flow's and compensation's statistics (``tinyprune.prune.statistics``)
+and MIPP's captures all go through it, so eval mode, no-grad and hook removal are handled once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,25 @@ from tinyprune.errors import ConfigError, DataError
 
 SUMMARIES = ("mean", "max", "flat")
 DEFAULT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def run_hooks(model: nn.Module, batches, hooks=(), pre_hooks=()) -> None:
+    """Run ``batches`` (tensors) through ``model`` in eval mode without gradients, with
+    ``hooks``, (module, fn(module, inputs, output)) pairs, as forward hooks and ``pre_hooks``,
+    (module, fn(module, inputs)) pairs, as forward pre-hooks (a module may appear more than once);
+    the hooks are removed and the model's mode restored afterwards."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
+    handles += [m.register_forward_pre_hook(fn) for m, fn in pre_hooks]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
 
 
 def _summarize(out: torch.Tensor, module: nn.Module, summary: str) -> torch.Tensor:
@@ -84,17 +107,8 @@ def capture_activations(
 
         return hook
 
-    handles = [m.register_forward_hook(hook_for(name, m)) for name, m in chosen.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, data.shape[0], batch_size):
-                model(data[start : start + batch_size].to(device, dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    batches = (data[start : start + batch_size].to(device, dtype) for start in range(0, data.shape[0], batch_size))
+    run_hooks(model, batches, [(m, hook_for(name, m)) for name, m in chosen.items()])
     result = {}
     for name, chunks in parts.items():
         if not chunks:

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from tinyprune.prune.groups import PRUNABLE as _LAYERS
-from tinyprune.prune.groups import forward_with_hooks
 from tinyprune.prune.groups import group_channel_macs, removes_inputs, removes_outputs
+from tinyprune.prune.statistics import Request, collect
 from tinyprune.task import is_class_labels
 from tinyprune.train import outputs
 
@@ -84,24 +84,14 @@ def _preact_stats(model: nn.Module, x: np.ndarray, cache_dir=None) -> dict[str, 
 
 def _measure_input_stats(model: nn.Module, x: np.ndarray, batch_size: int = 256, types: tuple = _LAYERS,
                          outputs: bool = False) -> dict[str, dict]:
-    acc: dict[str, dict] = {}
+    """Covariance of every ``types`` layer's input (or output) channels over all of ``x``, in
+    float64 without a shift: the sums flow has always ranked by, bit for bit."""
     names = {m: n for n, m in model.named_modules()}
-
-    def hook(module, inputs, out):
-        t = (out if outputs else inputs[0]).detach().double()
-        flat = t.reshape(-1, t.shape[-1]) if isinstance(module, nn.Linear) else t.movedim(1, -1).reshape(-1, t.shape[1])
-        e = acc.setdefault(names[module], {"n": 0, "s": 0.0, "ss": 0.0})
-        e["n"] += flat.shape[0]
-        e["s"] = e["s"] + flat.sum(0)
-        e["ss"] = e["ss"] + flat.T @ flat
-        e["out_positions"] = 1 if isinstance(module, nn.Linear) else out[0].numel() // out.shape[1]
-
-    batches = (torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size))
-    forward_with_hooks(model, batches, hook, types)
-    for e in acc.values():
-        mean = e["s"] / e["n"]
-        e["cov"] = e["ss"] / e["n"] - torch.outer(mean, mean)
-    return acc
+    requests = [Request(m, point="output" if outputs else "input", shift=False)
+                for m in model.modules() if isinstance(m, types)]
+    stats = collect(model, x, requests, batch_size)
+    return {names[r.layer]: {"cov": stats[r].covariance(), "out_positions": stats["positions"][r.layer]}
+            for r in requests if r in stats}
 
 
 def _column_energy(module: nn.Module) -> torch.Tensor:

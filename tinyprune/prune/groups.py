@@ -78,20 +78,11 @@ def group_mean(model: nn.Module, group, scores_of):
 
 
 def forward_with_hooks(model: nn.Module, batches, hook, types: tuple = PRUNABLE) -> None:
-    """Run ``batches`` (tensors) through ``model`` in eval mode without gradients, with
-    ``hook(module, inputs, output)`` on every module of ``types`` (default the prunable layers);
-    the model's mode is restored."""
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    """Run ``batches`` through ``model`` (``tinyprune.information.capture.run_hooks``) with
+    ``hook(module, inputs, output)`` on every module of ``types`` (default the prunable layers)."""
+    from tinyprune.information.capture import run_hooks
+
+    run_hooks(model, batches, [(m, hook) for m in model.modules() if isinstance(m, types)])
 
 
 def output_positions(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:

@@ -87,6 +87,7 @@ import torch
 import torch.nn as nn
 
 from tinyprune.errors import ConfigError
+from tinyprune.information.capture import run_hooks
 from tinyprune.prune.groups import PRUNABLE, channel_groups, follow_removal, forward_with_hooks, reinitialize, width
 from tinyprune.prune.terc import MARGIN_K, MARGIN_SUBSETS, SUBSET_FRACTION, terc_layer
 
@@ -186,7 +187,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[Layer], outputs: lis
     reps: dict[str, list[torch.Tensor]] = {layer.root: [] for layer in layers}
     outs: dict[str, list[torch.Tensor]] = {}
     positions: dict[str, int] = {}
-    handles = []
+    pre_hooks, hooks = [], []
     consumer_names = {c[0] for layer in layers for c in layer.consumers}
     out_names = set(outputs) | consumer_names
 
@@ -200,7 +201,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[Layer], outputs: lis
             rep.index_add_(1, root_idxs, units[:, idxs])
             reps[layer.root].append(rep / counts)
 
-        handles.append(modules[cname].register_forward_pre_hook(pre_hook))
+        pre_hooks.append((modules[cname], pre_hook))
 
     for name, m in modules.items():
         if not isinstance(m, PRUNABLE):
@@ -217,17 +218,8 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[Layer], outputs: lis
                     flat.reshape(flat.shape[0], ch, -1).mean(-1)
                 outs.setdefault(name, []).append(flat.to("cpu", torch.float64))
 
-        handles.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for s in range(0, x.shape[0], batch_size):
-                model(x[s:s + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+        hooks.append((m, hook))
+    run_hooks(model, (x[s:s + batch_size] for s in range(0, x.shape[0], batch_size)), hooks, pre_hooks)
     return ({k: torch.cat(v) for k, v in reps.items()}, {k: torch.cat(v) for k, v in outs.items()}, positions)
 
 

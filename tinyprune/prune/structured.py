@@ -20,7 +20,7 @@ from tinyprune.config import PruneConfig
 from tinyprune.errors import ConfigError
 from tinyprune.measure.macs import count_torch
 from tinyprune.prune import protocol
-from tinyprune.prune.compensate import compensate
+from tinyprune.prune import compensate as comp
 from tinyprune.prune.groups import (PRUNABLE, channel_groups, classifier_layers, follow_removal, group_channel_macs, group_macs,
                                     output_positions,
                                     reinitialize, widths)
@@ -82,6 +82,9 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
         return PruneResult(model, macs0, macs1, params0, params1, _layers(before, now), 0, kept, step.record, source)
     importance = criterion.importance(model, ctx, step)
     compensating = cfg.compensating
+    if compensating:  # the statistics' sampling, stated in report.json beside the criterion's record
+        step.record = {**step.record, "compensation": {"samples": comp.SAMPLES, "positions_per_layer": comp.POSITIONS,
+                                                       "measured": "once per pruning step"}}
     if hasattr(importance, "kept"):
         importance.kept = kept  # lets measured scores follow the channels between measurements
     target = (1.0 - cfg.sparsity) * macs0
@@ -116,6 +119,7 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
             phase_steps += 1
             positions = output_positions(model, example)
             predicted = macs
+            stats = comp.StepStatistics(model, ctx.x, ctx.seed) if compensating else None  # measured once, if needed
             for group in pruner.step(interactive=True):
                 drop = group_macs(group, positions)
                 if predicted - drop < floor:
@@ -123,7 +127,7 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
                     continue
                 predicted -= drop
                 if compensating:
-                    compensate(model, group, ctx.x, ctx.seed)
+                    comp.compensate(model, group, ctx.x, ctx.seed, stats)
                 follow_removal(kept, group, names)
                 group.prune()
             macs, _ = count_torch(model, example)
@@ -132,7 +136,7 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
             break
     if macs > target:
         steps += _land(model, example, importance, kept, names, classifier, target, floor, criterion.global_ranking,
-                       (lambda g: compensate(model, g, ctx.x, ctx.seed)) if compensating else None)
+                       (lambda g: comp.compensate(model, g, ctx.x, ctx.seed)) if compensating else None)
         macs, _ = count_torch(model, example)
     if macs > target * 1.02:
         raise ConfigError(
