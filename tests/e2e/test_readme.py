@@ -1,4 +1,5 @@
-"""The README's examples match the code: every command of its ```sh/```bash blocks is checked here.
+"""The README's examples match the code: every command of the ```sh/```bash blocks of README.md,
+ARCHITECTURE.md and docs/*.md is checked here.
 
 * ``tinyprune ...``: run for real, through the installed ``tinyprune`` entry point, on the built-in
   example. The usage lines are synopses (``MODEL``, ``[--out DIR]``): placeholders become the demo's
@@ -38,7 +39,9 @@ from tinyprune.cli import build_parser
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
+DOCS = [REPO / "README.md", REPO / "ARCHITECTURE.md", *sorted((REPO / "docs").glob("*.md"))]
+README = "\n".join(path.read_text() for path in DOCS)  # the front door and the reference it points to
+README_LINES = 160  # the front door stays short: the reference lives in docs/
 
 # optional groups a run keeps, by subcommand (the first flag of the group; MODEL for `[MODEL ...]`)
 RUN_WITH = {
@@ -205,6 +208,14 @@ def _kind(command: str) -> str:
     if first in ("make", "pip"):
         return first
     raise AssertionError(f"README command `{command}` is of a kind tests/e2e/test_readme.py cannot check; add it")
+
+
+def test_the_readme_is_a_front_door_whose_links_resolve():
+    front = (REPO / "README.md").read_text()
+    assert len(front.splitlines()) <= README_LINES
+    for path in DOCS:
+        for link in re.findall(r"\]\(([^)#:]+\.md)\)", path.read_text()):
+            assert (path.parent / link).is_file(), f"{path.name} links to {link}, which does not exist"
 
 
 def test_every_readme_command_is_one_this_file_checks():
