@@ -76,6 +76,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="held-out accuracy points the deployed int8 model may lose against the original "
                         "(default 1.0); pruning backs off and weight sharing widens its indices to stay within it")
+    p.add_argument("--prefer", choices=("auto", "ram", "flash"), default="auto",
+                   help="what a LUT model may trade: it saves flash but needs RAM for the decoded weights. auto "
+                        "(default): keep the plain int8 model where more than half the flash is free and RAM is the "
+                        "tighter resource; flash: take the saving whatever the RAM; ram: never trade")
     p.add_argument("--lut-bits", type=int, default=None,
                    help="fewest LUT index bits weight sharing tries per layer (default 4; up to 7)")
     add_archive_options(p)
@@ -258,6 +262,7 @@ def _config(args):
         cache_dir=_cache_dir(args),
         runtime=args.runtime,
         clock_mhz=args.clock_mhz,
+        prefer=args.prefer,
     )
 
 

@@ -111,9 +111,15 @@ class CompressConfig:
     # at this clock (None: the target's)
     runtime: str | None = None
     clock_mhz: float | None = None
+    # the flash-for-RAM trade of a LUT model (tinyprune.deepcompress.deploy.flash_for_ram):
+    # auto (the rule), ram (never take it) or flash (always)
+    prefer: str = "auto"
 
     def __post_init__(self):
         import math
+
+        if self.prefer not in ("auto", "ram", "flash"):
+            raise ConfigError(f"--prefer must be auto, ram or flash, got {self.prefer!r}")
 
         drop = self.max_accuracy_drop
         if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop) \

@@ -147,11 +147,11 @@ def share_stage(state: RunState, cfg: CompressConfig):
     import tempfile
     from pathlib import Path
 
-    from tinyprune.deepcompress.deploy import search
+    from tinyprune.deepcompress.deploy import flash_for_ram, search
     from tinyprune.export import micro, tflite, verify
     from tinyprune.export.fidelity import name_layers, torch_modules
     from tinyprune.export.lut import decompression_memory, verify_bit_exact
-    from tinyprune.measure.deployed import decode_code_bytes, firmware_flash, ram_outside_arena
+    from tinyprune.measure.deployed import decode_code_bytes, firmware_flash, of, ram_outside_arena
     from tinyprune.measure.graph import read_graph
     from tinyprune.measure.macs import count_tflite
 
@@ -192,7 +192,6 @@ def share_stage(state: RunState, cfg: CompressConfig):
     if plan.chosen is None:
         return state, []
     lut, check = plan.lut, plan.check
-    state.write("model_int8_lut.tflite", lut.model)
     # the search measured the split when the target needs it; else it is measured for the header
     split = plan.split or split_layout(lut.model, check["arena_after"])
     arena = check["arena_after"]
@@ -201,11 +200,24 @@ def share_stage(state: RunState, cfg: CompressConfig):
         split["required"] = plan.split is not None
         if split["required"]:
             split["single_arena_bytes"], arena = arena, split["arena_bytes"]
+    fidelity = state.int8["fidelity_layers"]
+    measured = name_layers(measure(lut.model, state, arena_bytes=arena,
+                                   decompression=split if split and split["required"] else None),
+                           lut.model, fidelity)
+    plain_costs = of(next(r for r in state.records if r.name == "int8").details.get("measure"))
+    lut_costs = of(measured)
+    if plain_costs is not None and lut_costs is not None:
+        take, trade = flash_for_ram(cfg.prefer, target, plain_costs, lut_costs)
+        if not take:
+            plan.chosen, plan.reason = None, trade
+            return state, []
+        if trade:
+            plan.reason += f"; {trade}"
+    state.write("model_int8_lut.tflite", lut.model)
     for name, text in firmware_files(lut.model, arena, tflite.io_details(lut.model), "model_lut",
                                      decompression=split).items():
         state.write(name, text)
     counted = count_tflite(plan.int8)  # the DECODE graph computes the same layers
-    fidelity = state.int8["fidelity_layers"]
     lut_details = lut.to_dict()
     _, weight_layers = torch_modules(plan.int8, fidelity)  # the graph the LUT tensor indices refer to
     for entry in lut_details["tensors"]:
@@ -218,9 +230,7 @@ def share_stage(state: RunState, cfg: CompressConfig):
                  "bought": {"flash_bytes": len(lut.model) - len(state.int8["bytes"]),
                             "arena_bytes": arena - state.int8["arena"],
                             "accuracy_points": (plan.chosen.int8_accuracy - state.int8["accuracy"]) * 100},
-                 "measure": name_layers(measure(lut.model, state, arena_bytes=arena,
-                                                decompression=split if split and split["required"] else None),
-                                        lut.model, fidelity),
+                 "measure": measured,
                  "accuracy_measured_on": f"all {check['samples']} held-out samples in TFLM"},
     )
 

@@ -138,6 +138,10 @@ def _trial(base, cfg: CompressConfig, sparsity: float, folder: Path, limits: dic
     if skip:
         state.sharing = Plan([], [], None, skip)
     else:
+        int8 = next(r for r in state.records if r.name == "int8")
+        if cfg.prefer == "auto" and "flash_bytes" in _misses(_costs(int8), limits):
+            # the flash budget is the user's: a LUT model is the only way to meet it, the RAM budget still holds
+            cfg = replace(cfg, prefer="flash")
         state, produced = share_stage(state, cfg)
         state.records.extend(produced)
     dep = deployed(state, cfg)

@@ -98,6 +98,38 @@ def share(model: nn.Module, layers: list[str], bits: int, x: np.ndarray, y: np.n
     return model.eval()
 
 
+PREFER = ("auto", "ram", "flash")
+
+
+def flash_for_ram(prefer: str, target, plain, lut) -> tuple[bool, str]:
+    """(deploy the LUT model, the trade in words; empty when none is made).
+
+    ``plain`` and ``lut`` are the two models' deployed costs (tinyprune.measure.deployed). A LUT
+    model that saves flash but needs more RAM (decoded weights in the arena) is a trade. The rule
+    (``--prefer auto``): on a target with more than half its flash free and RAM the tighter
+    resource (the larger share used), flash is cheap and RAM is not, so the plain int8 model is
+    deployed; otherwise the flash is taken. ``--prefer flash`` always takes it, ``--prefer ram``
+    never does."""
+    if prefer not in PREFER:
+        raise ConfigError(f"--prefer must be one of {', '.join(PREFER)}, got {prefer!r}")
+    saved, extra = plain.flash_bytes - lut.flash_bytes, lut.ram_bytes - plain.ram_bytes
+    if extra <= 0:
+        return True, ""
+    trade = f"{saved:,} B less firmware flash for {extra:,} B more RAM"
+    if prefer == "flash":
+        return True, f"traded {trade} (--prefer flash)"
+    if prefer == "ram":
+        return False, f"the LUT model would trade {trade}; --prefer ram keeps the plain int8 model"
+    free = target.flash_bytes - plain.flash_bytes
+    flash_used, ram_used = plain.flash_bytes / target.flash_bytes, plain.ram_bytes / target.ram_bytes
+    if free > target.flash_bytes / 2 and ram_used > flash_used:
+        return False, (f"the LUT model would trade {trade}; with {free:,} B of {target.name}'s flash free and RAM the "
+                       f"tighter resource ({ram_used:.0%} used, flash {flash_used:.0%}), the plain int8 model is "
+                       "deployed (--prefer flash deploys the LUT model)")
+    why = "less than half the flash is free" if free <= target.flash_bytes / 2 else "flash is the tighter resource"
+    return True, f"traded {trade} ({why}; --prefer ram keeps the plain int8 model)"
+
+
 @dataclass
 class Trial:
     bits: int
