@@ -1,7 +1,7 @@
 """report.md and report.html tell the same story: every heading, sentence, table row, list item and
 image of the markdown is in the HTML, and host timings stay out of the target's numbers.
 
-The report rendered is a real one (tests/data/demo_report.json: `tinyprune demo --finetune-epochs 1 --sparsity 0
+The report rendered is a real one (tests/data/demo_report.json: `tinyprune demo --finetune-epochs 1 --sparsity 0 --prefer flash
 --archive --plane`, so it has the LUT model, the archive and the information plane), plus variants
 for what that run does not produce (a regression task's error metrics, a --fit search).
 """
