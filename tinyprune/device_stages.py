@@ -196,10 +196,10 @@ def share_stage(state: RunState, cfg: CompressConfig):
     split = plan.split or split_layout(lut.model, check["arena_after"])
     arena = check["arena_after"]
     if split is not None:
-        # the target keeps the decoded weights in its separate region: the arena is the one without them
-        split["required"] = plan.split is not None
-        if split["required"]:
-            split["single_arena_bytes"], arena = arena, split["arena_bytes"]
+        # the header and the report offer the split layout only where it saves RAM (firmware.saves_ram)
+        split["required"], split["single_arena_bytes"] = plan.split is not None, arena
+        if split["required"]:  # the decoded weights are in the target's separate region: the arena is without them
+            arena = split["arena_bytes"]
     fidelity = state.int8["fidelity_layers"]
     measured = name_layers(measure(lut.model, state, arena_bytes=arena,
                                    decompression=split if split and split["required"] else None),

@@ -2,11 +2,16 @@
 whose decoded weights do not fit beside the arena deploys with them in that region."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from tinyprune.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_compress import _check_firmware  # noqa: E402
 
 
 # --prefer flash: cortex-m4 has most of its flash free and RAM is its tighter resource, where the rule
@@ -28,6 +33,8 @@ def test_decoded_weights_go_to_the_targets_separate_region_when_the_arena_cannot
     torch.save(trained("digits_cnn").state_dict(), src)
     _, stages = _compress(tmp_path, src, digits_npz, capsys, tmp_path / "plain")
     lut = stages["int8_lut"]
+    # the cheapest real LUT deployment: its files and the example build (the region's variant below)
+    _check_firmware(tmp_path / "plain", tmp_path, "model_lut", "model_int8_lut.tflite", lut["arena_bytes"])
     split = lut["details"]["decompression_memory"]
     single, alone, alt = lut["arena_bytes"], split["arena_bytes"], split["alt_bytes"]
     assert alone < single
@@ -54,6 +61,8 @@ def test_decoded_weights_go_to_the_targets_separate_region_when_the_arena_cannot
     assert report["deployed"]["decompression_bytes"] == lut["details"]["decompression_memory"]["alt_bytes"] <= alt
     header = (out / "model_lut_data.h").read_text()
     assert "required on this target" in header
+    (tmp_path / "region_build").mkdir()
+    _check_firmware(out, tmp_path / "region_build", "model_lut", "model_int8_lut.tflite", lut["arena_bytes"])
     md = (out / "report.md").read_text()
     assert "separate decompression region" in md
 

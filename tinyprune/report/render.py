@@ -7,6 +7,7 @@ predicted for the board) and timings of this host are kept in separate sections.
 
 from __future__ import annotations
 
+from tinyprune.export.firmware import saves_ram
 from tinyprune.measure.deployed import of as deployed_of
 from tinyprune.report import document
 from tinyprune.report.document import Bullets, Image, Note, Section, Table
@@ -71,7 +72,7 @@ def _quality_line(report: Report) -> list[str]:
 def _decompression_line(stage) -> list[str]:
     """A LUT model's other RAM layout: decoded weights in TFLM's alternate decompression memory."""
     split = stage.details.get("decompression_memory") if stage.details else None
-    if not split or not split.get("bit_exact"):
+    if not split or not split.get("bit_exact") or not saves_ram(split):
         return []
     if split.get("required"):
         return [f"The decoded weights go to the target's separate decompression region (TFLM's alternate "
