@@ -233,6 +233,8 @@ def _prune(state: RunState, cfg: CompressConfig, prune_cfg) -> StageRecord:
         from tinyprune.task import information_labels
 
         labels = information_labels(splits.task.kind, x_info, y_info)
+    # the criterion's analysis can take minutes before the first step reports: the step starts here
+    state.progress(0, 1000, f"pruning ({prune_cfg.criterion}, {prune_cfg.sparsity:.0%} of the MACs): ranking channels")
     pruned = prune_to_macs(state.source_model, prune_cfg, x_info, y_info, splits.classes,
                            retrain=lambda m, label: fit(m, splits.x_train, splits.y_train, cfg.finetune, cfg.seed,
                                                         state.progress, label),

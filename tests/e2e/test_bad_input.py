@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinyprune.cli import main
-from tinyprune.cli_progress import FINISHED, STARTED
+from tinyprune.cli_progress import FINISHED, RUNNING, STARTED
 from tinyprune.testing import MODELS
 
 
@@ -20,7 +20,7 @@ def run(capsys, *args):
 
 def assert_one_line(err, *needles):
     # without a terminal, stages print "started/finished" lines before the error (CI logs)
-    lines = [l for l in err.strip().splitlines() if not l.startswith((STARTED, FINISHED))]
+    lines = [l for l in err.strip().splitlines() if not l.startswith((STARTED, FINISHED, RUNNING))]
     assert len(lines) == 1, err
     assert lines[0].startswith("tinyprune: error: ")
     for n in needles:

@@ -11,7 +11,7 @@ import torch
 from tinyprune.deepcompress.archive import read_archive
 from tinyprune.api import MANIFEST
 from tinyprune.cli import main
-from tinyprune.cli_progress import FINISHED, STARTED
+from tinyprune.cli_progress import FINISHED, RUNNING, STARTED
 from tinyprune.export.micro import tflm_outputs
 from tinyprune.export.tflite import io_details, quantize, to_device_layout
 
@@ -352,7 +352,7 @@ def test_fit_that_nothing_meets_exits_1_with_the_misses_and_writes_nothing(tmp_p
                  "--max-flash", "1KiB", "--finetune-epochs", "0", "--no-deepcompress"])
     # the trials' stage lines (no terminal) and their header and result lines, then the one error line
     err = [l for l in capsys.readouterr().err.strip().splitlines()
-           if not l.startswith((STARTED, FINISHED, "tinyprune: --fit trial"))]
+           if not l.startswith((STARTED, FINISHED, RUNNING, "tinyprune: --fit trial"))]
     assert code == 1
     assert len(err) == 1 and err[0].startswith("tinyprune: error: nothing fits cortex-m4: the closest, 90% of the MACs")
     assert "flash " in err[0] and "> 1,024 B" in err[0]
@@ -361,7 +361,8 @@ def test_fit_that_nothing_meets_exits_1_with_the_misses_and_writes_nothing(tmp_p
 
 @pytest.mark.slow
 def test_stage_lines_without_a_terminal(tmp_path, trained, digits_npz, capsys):
-    # CI logs: one line when a step starts and one when it ends, with its seconds; --quiet: none
+    # CI logs: one line when a step starts and one when it ends, with its seconds, and between them
+    # the step's latest message every 10 s (tests/unit/test_progress.py); --quiet: none
     torch.save(trained("cnn_bn").eval(), tmp_path / "m.pt")
     argv = ["compress", str(tmp_path / "m.pt"), "--data", str(digits_npz), "--finetune-epochs", "1",
             "--no-deepcompress"]
@@ -369,7 +370,8 @@ def test_stage_lines_without_a_terminal(tmp_path, trained, digits_npz, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     started = [l[len(STARTED):] for l in err if l.startswith(STARTED)]
     finished = [l[len(FINISHED):] for l in err if l.startswith(FINISHED)]
-    assert started[:2] == ["fine-tune", "int8 conversion: ONNX, onnx2tf"] and len(err) == 2 * len(started)
+    assert started[:3] == ["pruning", "fine-tune", "int8 conversion: ONNX, onnx2tf"]
+    assert len(err) == 2 * len(started) + sum(l.startswith(RUNNING) for l in err)
     assert [f.rsplit(" in ", 1)[0] for f in finished] == started
     assert all(f.endswith(" s") and float(f.rsplit(" in ", 1)[1][:-2]) >= 0 for f in finished)
     assert main([*argv, "--out", str(tmp_path / "b"), "--quiet"]) == 0

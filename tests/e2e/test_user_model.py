@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from tinyprune.cli import main
-from tinyprune.cli_progress import FINISHED, STARTED
+from tinyprune.cli_progress import FINISHED, RUNNING, STARTED
 
 
 def _lines(err: str) -> tuple[list[str], list[str], list[str]]:
     """(trial headers, trial results, other lines) of stderr without a terminal."""
-    lines = [l for l in err.strip().splitlines() if not l.startswith((STARTED, FINISHED))]
+    lines = [l for l in err.strip().splitlines() if not l.startswith((STARTED, FINISHED, RUNNING))]
     heads = [l for l in lines if l.startswith("tinyprune: --fit trial") and "(of at most" in l]
     results = [l for l in lines if l.startswith("tinyprune: --fit trial") and l not in heads]
     return heads, results, [l for l in lines if not l.startswith("tinyprune: --fit trial")]

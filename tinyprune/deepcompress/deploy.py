@@ -204,15 +204,20 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
                                       f"{most:,} B of weights)")
     flash_of = flash_of or len
     trials: list[Trial] = []
-    for bits in range(cfg.min_bits, LUT_MAX_BITS + 1):
+
+    def say(bits: int, doing: str) -> None:  # one trial can take minutes (652 s measured on an 87k-parameter net)
         if progress:
-            progress(bits - cfg.min_bits, LUT_MAX_BITS + 1 - cfg.min_bits, f"weight sharing at {bits} bits")
+            progress(bits - cfg.min_bits, LUT_MAX_BITS + 1 - cfg.min_bits, f"weight sharing at {bits} bits: {doing}")
+
+    for bits in range(cfg.min_bits, LUT_MAX_BITS + 1):
+        say(bits, "clustering the weights")
         shared = share(model, layers, bits, x_train, y_train, cfg, seed)
         trial = Trial(bits, score(shared, x_eval, y_eval, task or CLASSIFY, anomaly))
         trials.append(trial)
         if trial.float_accuracy < accuracy_floor:
             trial.verdict = "float accuracy already below the budget"
             continue
+        say(bits, "int8 export")
         int8 = export(shared)
         skip: set[int] = set()
         alt = None  # the layout with the decoded weights in the separate region, when used
@@ -220,6 +225,7 @@ def search(model: nn.Module, cfg: SharingConfig, *, x_train, y_train, x_eval, y_
             lut = lut_compress(int8, max_bits=bits, skip=skip)
             if not lut.compressed:
                 break
+            say(bits, f"{len(lut.compressed)} LUT tensors, checking in TFLM")
             check, lut_out, acc, arena = evaluate(int8, lut.model)
             if arena_size(arena) <= ram_limit:  # the firmware reserves kTensorArenaSize, as the costs count it
                 alt = None

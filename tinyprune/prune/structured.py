@@ -131,6 +131,11 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> PruneResult:
                 follow_removal(kept, group, names)
                 group.prune()
             macs, _ = count_torch(model, example)
+            if ctx.progress:  # a pruning can take minutes: say how far it is (a bar, or a log line every 10 s)
+                removed = sum(before.values()) - sum(widths(model).values())
+                ctx.progress(min(1000, round(1000 * (macs0 - macs) / (macs0 - target))), 1000,
+                             f"pruning (step {steps + phase_steps}): {removed} channels removed, "
+                             f"{macs:,} MACs of {macs0:,}, target {int(target):,}")
         steps += phase_steps
         if overshoot:
             break
