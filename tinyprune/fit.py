@@ -291,11 +291,12 @@ def pareto_figure(fit: dict):
         ax.plot(t["flash_bytes"] / 1024, 100 * t["accuracy"], marker, color="#4c72b0" if t["fits"] else "#c44e52",
                 markersize=12 if i == fit["chosen"] else 7)
         ax.annotate(f"{t['sparsity']:.0%}, {t['ram_bytes'] / 1024:.0f} KiB RAM", (t["flash_bytes"] / 1024,
-                    100 * t["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+                    100 * t["accuracy"]), fontsize=9, xytext=(4, 4), textcoords="offset points")
     ax.axvline(fit["limits"]["flash_bytes"] / 1024, color="#c44e52", linestyle=":", label="flash budget")
     ax.set_xlabel("firmware flash (KiB)")
     ax.set_ylabel("held-out accuracy in TFLM (%)")
     ax.set_title("--fit trials: MACs removed, arena")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
+    ax.set_ylim(top=min(100.0, ax.get_ylim()[1]))  # accuracy ends at 100 %
     fig.tight_layout()
     return fig

@@ -88,29 +88,51 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _probe(page: str, probe: Path) -> tuple[list[int], list[int]]:
+    """(natural width of every image, px each table or one of its cells ends past the body's text
+    column) of ``page`` in headless Chromium at 1,280 px: a copy that writes them into the DOM,
+    read back with --dump-dom. Cells are measured too: a table box can stop at the column while
+    its cells run past it."""
+    probe.write_text(page.replace("</body>", "<script>window.addEventListener('load',()=>{const b=document.body;"
+                                  "b.setAttribute('data-images',[...document.images].map(i=>i.naturalWidth).join(','));"
+                                  "const right=b.getBoundingClientRect().right-parseFloat(getComputedStyle(b).paddingRight);"
+                                  "b.setAttribute('data-tables',[...document.querySelectorAll('table')].map(t=>Math.ceil(Math.max("
+                                  "...[t,...t.querySelectorAll('th,td')].map(c=>c.getBoundingClientRect().right))-right))"
+                                  ".join(','));});</script></body>"))
+    dom = subprocess.run([_chromium(), *CHROMIUM_FLAGS, "--window-size=1280,2400", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    read = [[int(w) for w in dom.stdout.split(f'data-{name}="')[1].split('"')[0].split(",") if w]
+            for name in ("images", "tables")]
+    return read[0], read[1]
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--hide-scrollbars"]
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on this machine (see tinyprune/report/html.py)")
 def test_report_html_renders_offline_in_chromium(tmp_path):
-    """Headless Chromium, network off: every embedded plot decodes and the page is not blank."""
+    """Headless Chromium, network off: every embedded plot decodes, the page is not blank, and no
+    table is wider than the page, a long LiteRT error in the host timings included (issue 30)."""
     sys.path.insert(0, str(REPO / "tests" / "unit"))
-    from test_measure_report import demo_like_report
+    from test_measure_report import LITERT_ERROR, demo_like_report
 
     from tinyprune import targets
     from tinyprune.measure.core import measure_torch
     from tinyprune.report.html import write_html
 
     m = measure_torch(MODELS["cnn_bn"]().eval(), torch.rand(1, 1, 8, 8), targets.load("cortex-m4"), repeats=5)
+    m["latency"]["measured"]["litert"] = {"error": LITERT_ERROR}
     page = write_html(demo_like_report((m, m)), tmp_path / "report.html").read_text()
-    # a copy that writes into the DOM whether every image decoded, for --dump-dom to read back
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", "<script>window.addEventListener('load',()=>{document.body.setAttribute("
-                                  "'data-images',[...document.images].map(i=>i.naturalWidth).join(','));});</script></body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--hide-scrollbars"]
-    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    widths = [int(w) for w in dom.stdout.split('data-images="')[1].split('"')[0].split(",")]
+    assert LITERT_ERROR.split(":")[0] in page
+    widths, past = _probe(page, tmp_path / "probe.html")
     assert len(widths) == 3 and min(widths) > 300
+    assert len(past) >= 4 and max(past) <= 0, past  # px each table ends past the text column's right edge
+    # the demo's own page (the recorded report of `tinyprune demo`, tests/unit/test_report_parity.py)
+    demo = json.loads((REPO / "tests" / "data" / "demo_report.json").read_text())
+    widths, past = _probe(write_html(demo, tmp_path / "demo.html").read_text(), tmp_path / "demo_probe.html")
+    assert widths and min(widths) > 300 and len(past) >= 4 and max(past) <= 0, past
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), *flags, "--window-size=1200,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
+    subprocess.run([_chromium(), *CHROMIUM_FLAGS, "--window-size=1200,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
                    capture_output=True, timeout=120)
     from PIL import Image
 

@@ -130,3 +130,45 @@ def test_html_of_a_report_without_measurements_and_of_one_measurement(measuremen
     assert "Predicted on" not in page and "Host timings" not in page
     page = write_html(measurements[0], tmp_path / "b.html").read_text()
     assert len(_images(page)) == 3 and "tinyprune measurement" in page
+
+
+# as LiteRT words a model it cannot prepare (issue 30: it pushed the host timings off the page)
+LITERT_ERROR = ("RuntimeError: Node number 3 (CONV_2D) failed to prepare: num_scales must be 1 for per-tensor "
+                "quantization, got 16 scales on the filter of the fused Conv2D and BiasAdd of layer conv2d_3 in "
+                "sequential_1 as written by the converter")
+
+
+def test_html_plots_are_readable_at_100_percent_and_bounded_by_their_quantity(measurements, tmp_path, monkeypatch):
+    # 10 px at the size shown: no figure is wider than the text column (so none is scaled down)
+    # and its smallest text is at least 10 px at the PNG's 100 dpi
+    from PIL import Image
+    import io
+    import matplotlib.text
+
+    import tinyprune.report.html as page_module
+
+    smallest, accuracy_tops, original = [], [], page_module._png
+
+    def spy(fig):
+        fig.canvas.draw()
+        texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+        smallest.append(min(t.get_fontsize() for t in texts))
+        accuracy_tops.extend(ax.get_ylim()[1] for ax in fig.axes if "accuracy" in ax.get_title())
+        return original(fig)
+
+    monkeypatch.setattr(page_module, "_png", spy)
+    page = write_html(demo_like_report(measurements), tmp_path / "report.html").read_text()
+    widths = [Image.open(io.BytesIO(png)).width for png in _images(page)]
+    assert len(widths) == len(smallest) == 3
+    assert max(widths) <= 1068, widths  # body max-width 1,100 px less 2 x 16 px padding
+    assert min(smallest) * 100 / 72 >= 10, smallest
+    assert accuracy_tops and max(accuracy_tops) <= 100  # the waterfall's accuracy axis ends at 100 %
+
+
+def test_a_long_error_in_a_numeric_column_wraps(measurements, tmp_path):
+    m = copy.deepcopy(measurements[0])
+    m["latency"]["measured"]["litert"] = {"error": LITERT_ERROR}
+    page = write_html(demo_like_report((m, measurements[1])), tmp_path / "report.html").read_text()
+    cell = re.search(r"<td( class=\"n\")?>failed: RuntimeError", page)
+    assert cell and cell[1] is None  # not a no-wrap numeric cell: it wraps within the page
+    assert re.search(r"<td class=\"n\">[0-9.]+</td>", page)  # the ms values stay on one line

@@ -8,7 +8,8 @@ report never recomputes anything. Its text is report.md's: both are written from
 markdown is missing here); this module adds the plots.
 
 Rendering is checked in tests/e2e/test_measure_cli.py with headless Chromium, network off
-(every embedded PNG decodes, the page is not blank). By hand::
+(every embedded PNG decodes, the page is not blank, no table or cell runs past the text column);
+plot sizes and fonts in tests/unit/test_measure_report.py. By hand::
 
     chromium --headless --no-sandbox --proxy-server=127.0.0.1:9 --window-size=1200,3000 \
         --screenshot=shot.png file:///path/to/report.html
@@ -32,13 +33,23 @@ from tinyprune.report.render import host_section, layers_section, predicted_sect
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em} h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em} th,td{border:1px solid #ccc;padding:.25em .55em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em;max-width:100%}
+th,td{border:1px solid #ccc;padding:.25em .55em;overflow-wrap:anywhere}
 th{background:#f2f2f2} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#444;font-size:.9em;max-width:60em} .bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 .headline{background:#f5f8fc;border:1px solid #c9d6e8;padding:.4em 1em;margin:1em 0} .headline p{margin:.35em 0}
 td.n{white-space:nowrap}
 """
+# A numeric cell keeps its number on one line; longer text in a numeric column (a runtime's error,
+# "failed: ..." with LiteRT's message) wraps like any other, or it widens the table past the page.
+_NUMERIC_CELL_CHARS = 40
+# The text column is about 1,068 px (body max-width 1,100 px less its padding) and plots are PNGs
+# at 100 dpi: a figure at most 10.6 in wide is shown unscaled at 100 % zoom, where 9 pt is 12.5 px,
+# above the 10 px floor for labels (tests/unit/test_measure_report.py measures every figure).
+FIG_MAX_WIDTH_IN = 10.6
+FONT_PT = 9  # the smallest text in a plot
+
 
 
 def _e(x) -> str:
@@ -97,8 +108,8 @@ def _waterfall(stages: list[dict]) -> str | None:
     panels = [p for p in panels if any(s[p[0]] is not None for s in stages)]
     if not panels:
         return None
-    per_panel = max(3.4, 0.5 * len(stages) + 1.2)
-    cols = min(len(panels), 2 if len(stages) > 5 else 4)
+    cols = min(len(panels), 2)  # four panels in a row would be shrunk below readable on the page
+    per_panel = min(FIG_MAX_WIDTH_IN / cols, max(3.4, 0.5 * len(stages) + 1.2))
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(per_panel * cols, 3.3 * rows_n), squeeze=False)
     for extra in axes.flat[len(panels):]:
@@ -108,24 +119,31 @@ def _waterfall(stages: list[dict]) -> str | None:
         vals = [s[key] / scale if s[key] is not None else 0.0 for s in stages]
         colors = ["#4c72b0" if s[key] is not None else "#dddddd" for s in stages]
         bars = ax.bar(range(len(vals)), vals, color=colors)
+        accuracy = key == "accuracy"
+        if accuracy:  # the axis ends at 100 %, what accuracy can reach; the values go inside the bars
+            lo = min((s[key] / scale for s in stages if s[key] is not None), default=0)
+            ax.set_ylim(max(0, lo - 15), 100)
+        else:
+            ax.margins(y=0.3)
+        bottom = ax.get_ylim()[0]
         prev = None
         for i, (b, s) in enumerate(zip(bars, stages)):
+            x = b.get_x() + b.get_width() / 2
             if s[key] is None:
-                ax.text(b.get_x() + b.get_width() / 2, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777")
+                ax.text(x, bottom, "n/a", ha="center", va="bottom", fontsize=FONT_PT, color="#777")
                 continue
             v = s[key] / scale
-            txt = f"{v:,.0f}" if key != "accuracy" else f"{v:.1f}"
+            txt = f"{v:,.0f}" if not accuracy else f"{v:.1f}"
             if prev is not None and prev:
-                txt += f"\n({100 * (v / prev - 1):+.0f}%)" if key != "accuracy" else f"\n({v - prev:+.1f})"
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), txt, ha="center", va="bottom", fontsize=6)
+                txt += f"\n({100 * (v / prev - 1):+.0f}%)" if not accuracy else f"\n({v - prev:+.1f})"
+            inside = accuracy and v - bottom > 0.2 * (100 - bottom)  # a short bar has its value above it
+            ax.text(x, b.get_height(), txt, ha="center", va="top" if inside else "bottom", fontsize=FONT_PT,
+                    color="white" if inside else "#222")
             prev = v
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(label, fontsize=9)
-        ax.margins(y=0.25)
-        if key == "accuracy":
-            lo = min((s[key] / scale for s in stages if s[key] is not None), default=0)
-            ax.set_ylim(max(0, lo - 15), 112)
-    fig.suptitle("stage waterfall", fontsize=10)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=FONT_PT)
+        ax.tick_params(axis="y", labelsize=FONT_PT)
+        ax.set_title(label, fontsize=FONT_PT + 1)
+    fig.suptitle("stage waterfall", fontsize=FONT_PT + 2)
     fig.tight_layout()
     return _png(fig)
 
@@ -139,24 +157,26 @@ def _layer_bars(layers: list[dict], title: str) -> str | None:
     has_energy = all("energy_pj" in l for l in layers)
     has_bytes = any(l["weight_bytes"] or l["activation_bytes"] for l in layers)
     ncols = 1 + has_bytes + has_energy
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * max(ncols, 2), 0.28 * len(layers) + 1.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(min(FIG_MAX_WIDTH_IN, 4.2 * max(ncols, 2)), 0.3 * len(layers) + 1.6),
+                             sharey=True, squeeze=False)
     ax = axes[0]
     ax[0].barh(y, [l["macs"] for l in layers], color="#4c72b0")
-    ax[0].set_title("MACs", fontsize=9)
+    ax[0].set_title("MACs", fontsize=FONT_PT + 1)
     if has_bytes:
         ax[1].barh(y, [l["weight_bytes"] for l in layers], color="#dd8452", label="weights")
         ax[1].barh(y, [l["activation_bytes"] for l in layers], left=[l["weight_bytes"] for l in layers], color="#55a868",
                    label="activations (in+out)")
-        ax[1].set_title("bytes", fontsize=9)
-        ax[1].legend(fontsize=7, loc="lower right")
+        ax[1].set_title("bytes", fontsize=FONT_PT + 1)
+        ax[1].legend(fontsize=FONT_PT, loc="lower right")
     if has_energy:
         ax[ncols - 1].barh(y, [l["energy_pj"] / 1e3 for l in layers], color="#c44e52")
-        ax[ncols - 1].set_title("energy, 45 nm floor (nJ)", fontsize=9)
-    ax[0].set_yticks(y, labels, fontsize=7)
+        ax[ncols - 1].set_title("energy, 45 nm floor (nJ)", fontsize=FONT_PT + 1)
+    ax[0].set_yticks(y, labels, fontsize=FONT_PT)
     ax[0].invert_yaxis()
     for a in ax:
-        a.tick_params(axis="x", labelsize=7)
-    fig.suptitle(title, fontsize=10)
+        a.tick_params(axis="x", labelsize=FONT_PT)
+        a.xaxis.get_offset_text().set_fontsize(FONT_PT)
+    fig.suptitle(title, fontsize=FONT_PT + 2)
     fig.tight_layout()
     return _png(fig)
 
@@ -170,7 +190,7 @@ def _cost_plot(views: list[tuple[str, dict]], target: str) -> str | None:
     if not costs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(FIG_MAX_WIDTH_IN, 4))
     x = list(range(len(costs)))
     names = [name for name, _, _ in costs]
 
@@ -201,8 +221,8 @@ def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> s
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
     numeric = ' class="n"'
     for row in rows:
-        out.append("<tr>" + "".join(f"<td{numeric if i >= numeric_from else ''}>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{numeric if i >= numeric_from and len(c) <= _NUMERIC_CELL_CHARS else ''}>"
+                                    f"{c}</td>" for i, c in enumerate(row)) + "</tr>")
     return "\n".join(out) + "</table>"
 
 
