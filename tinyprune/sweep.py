@@ -28,11 +28,17 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tinyprune.errors import ConfigError, TinypruneError
+from tinyprune.errors import ConfigError, InputError, TinypruneError
 
 GRID_KEYS = ("criterion", "sparsity", "bits", "target", "finetune_epochs", "runtime")
 MAX_CELLS = 10_000  # a bigger grid needs --yes
 CONNECT_TIMEOUT_S = 10.0
+# Ray waits 30 s for its GCS to bind its port and 30 s (fixed in its code) for the raylet to
+# register; the first start on a fresh machine, everything loaded cold from disk, took longer
+# (issue 30: "timed out during startup", exit 70, and the same command passed again). The wait Ray
+# lets us set is raised, and a start that still times out is tried once more.
+RAY_START_WAIT_S = 120
+RAY_START_TRIES = 2
 COLUMNS = ["cell", "status", "exit_code", "error", "criterion", "sparsity", "bits", "target", "finetune_epochs",
            "runtime", "macs_removed", "original_accuracy", "deployed_accuracy", "accuracy_drop_points",
            "deployed_artifact", "flash_bytes", "arena_bytes", "firmware_flash_bytes", "ram_bytes", "predicted_ms",
@@ -342,6 +348,35 @@ def _reachable(address: str) -> None:
                           "start one with `ray start --head --port=PORT`") from None
 
 
+class RayStartError(InputError):
+    """Ray's own processes did not start on this machine (exit 2: nothing of the sweep ran)."""
+
+
+def _timed_out(exc: BaseException) -> bool:
+    # Ray reports a slow start as a bare Exception, a TimeoutError or a RuntimeError, by its words
+    text = str(exc).lower()
+    return isinstance(exc, TimeoutError) or "timed out" in text or "timeout" in text
+
+
+def start_ray(ray, init: dict) -> None:
+    """``ray.init(**init)`` with the longer wait and one more try for a start that times out; then
+    one line (exit 2) naming what to try. Any other failure of ``ray.init`` is raised as it is."""
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(RAY_START_WAIT_S))
+    for attempt in range(1, RAY_START_TRIES + 1):
+        try:
+            ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as exc:
+            if not _timed_out(exc):
+                raise
+            ray.shutdown()  # what the failed start left running goes before the next try
+            if attempt == RAY_START_TRIES:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise RayStartError(f"Ray did not start on this machine ({RAY_START_TRIES} tries, the GCS given "
+                                    f"{RAY_START_WAIT_S} s): {first}; run the sweep again, or start Ray first with "
+                                    "`ray start --head --port=6379` and pass --address 127.0.0.1:6379") from None
+
+
 def run_key(cell: Cell, base, model_path: Path, data_path: Path | None, arch, trust_code) -> str:
     """What a finished cell was computed from: the model and data bytes, every setting. A cell
     folder whose key differs (another model, seed or flag) is run again, not reused."""
@@ -390,13 +425,13 @@ def run(model_path: Path, base, grid_cells: list[Cell], out: Path, data_path: Pa
     if not todo:
         write_html(list(rows.values()), out)
         return SweepResult(sorted(rows.values(), key=lambda r: r["cell"]))
-    analysis = shared_analysis(model_path, base, data_path, arch, trust_code)
     started_here = not ray.is_initialized()
-    if started_here:
+    if started_here:  # before the analysis: a Ray that cannot start fails the sweep before the slow work
         # address "local": a Ray of our own, even when a cluster started with `ray start` runs here
         init = {"address": address} if address else {"address": "local", "num_cpus": workers or os.cpu_count() or 1}
-        ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_ray(ray, init)
     try:
+        analysis = shared_analysis(model_path, base, data_path, arch, trust_code)
         model_ref = ray.put(model_path.read_bytes())
         data_ref = ray.put(data_path.read_bytes() if data_path is not None else None)
         analysis_ref = ray.put(analysis)
