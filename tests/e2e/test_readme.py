@@ -53,6 +53,7 @@ RUN_WITH = {
     "measure": {"--target", "--json", "--html"},
     "check": {"MODEL", "--budget", "--junit", "--json"},
     "targets": set(),
+    "runtimes": set(),
     "criteria": set(),
 }
 # no backoff whatever one epoch reaches: the pruned graph is then the full demo's, whose energy the README quotes
