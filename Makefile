@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/tinyprune demo
 
+# two xdist workers, one per core; whole modules per worker, so a module's fixtures are built once
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

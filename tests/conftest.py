@@ -13,6 +13,16 @@ from tinyprune.train import fit
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The suite runs as two xdist workers on two cores (`make test`): a second intra-op thread per
+    worker only spins. On tiny models it made small eigendecompositions 2-18x slower under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def analysis_cache(tmp_path_factory):
     """Runs of the suite (and the CLI processes they start) keep analyses in a folder of their own,
     not in the user's ~/.cache."""
