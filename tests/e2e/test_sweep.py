@@ -24,7 +24,8 @@ ray = pytest.importorskip("ray")  # the [sweep] extra; `make install` installs i
 psutil = pytest.importorskip("psutil")
 
 FLAGS = ["--finetune-epochs", "1", "--no-deepcompress", "--max-accuracy-drop", "100", "--quiet"]
-GRID = ["--grid", "criterion=l1,flow", "sparsity=0.3,0.5"]
+# two cells, one per worker or node: enough for every claim below, and each cell is a whole compress run
+GRID = ["--grid", "criterion=l1,flow", "sparsity=0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def _sweep(project, out, *extra) -> tuple[int, list[dict]]:
 
 @pytest.fixture(scope="module")
 def local_sweep(project):
-    """The 4-cell grid on a local Ray with 2 workers (shared by the tests that compare with it)."""
+    """The grid on a local Ray with 2 workers (shared by the tests that compare with it)."""
     out = project / "local"
     code, rows = _sweep(project, out, "--workers", "2")
     return code, rows, out
@@ -73,16 +74,15 @@ def test_a_local_sweep_runs_every_cell_and_matches_compress_alone(project, local
     code, rows, out = local_sweep
     capsys.readouterr()
     assert code == 0
-    assert [r["cell"] for r in rows] == ["flow_s0.3_b-_cortex-m4", "flow_s0.5_b-_cortex-m4", "l1_s0.3_b-_cortex-m4",
-                                         "l1_s0.5_b-_cortex-m4"]
+    assert [r["cell"] for r in rows] == ["flow_s0.5_b-_cortex-m4", "l1_s0.5_b-_cortex-m4"]
     assert all(r["status"] == "done" and abs(r["macs_removed"] - r["sparsity"]) < 0.02 for r in rows)
     with (out / "sweep.csv").open() as f:
         assert [r["cell"] for r in csv.DictReader(f)] == [r["cell"] for r in rows]
     assert "Pareto" in (out / "sweep.html").read_text()
-    # two cells against the same compress run alone, one thread, same seed: the same bytes and numbers
+    # a cell against the same compress run alone, one thread, same seed: the same bytes and numbers
     torch.set_num_threads(1)
     try:
-        for cell in ("flow_s0.5_b-_cortex-m4", "l1_s0.3_b-_cortex-m4"):
+        for cell in ("flow_s0.5_b-_cortex-m4",):
             criterion, sparsity = cell.split("_")[0], cell.split("_")[1][1:]
             alone = tmp_path / f"alone-{cell}"
             assert main(["compress", str(project / "mlp.pt"), "--data", str(project / "digits.npz"), "--out",
@@ -129,12 +129,12 @@ def test_killed_sweep_resumes_where_it_stopped(project, tmp_path, own_ray_proces
                 pass
         proc.wait()
     first = json.loads((out / "sweep.json").read_text())
-    assert 1 <= len(first) < 4
+    assert len(first) == 1
     done = {r["cell"]: (out / "cells" / r["cell"] / "report.json").stat().st_mtime_ns for r in first}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "sweep.json").read_text())
-    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
     # the cells finished before the kill were not run again
     assert all((out / "cells" / c / "report.json").stat().st_mtime_ns == t for c, t in done.items())
 
@@ -161,7 +161,7 @@ def test_a_two_node_cluster_on_localhost_runs_cells_on_both(project, local_sweep
                              str(project / "digits.npz"), "--out", str(out), *GRID, *FLAGS, "--address",
                              f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=900)
     rows = json.loads((out / "sweep.json").read_text())
-    assert result.returncode == 0 and len(rows) == 4, (result.stderr[-1500:], rows)
+    assert result.returncode == 0 and len(rows) == 2, (result.stderr[-1500:], rows)
     assert len({r["node"] for r in rows}) == 2  # both nodes ran cells
     # the same numbers as on one machine
     _, local, _ = local_sweep
