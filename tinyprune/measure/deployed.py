@@ -50,10 +50,6 @@ class Band:
     def scaled(self, k: float) -> Band:
         return Band(self.value * k, self.low * k, self.high * k)
 
-    def text(self, unit: str, fmt: str = "{:.3g}") -> str:
-        f = fmt.format
-        return f"{f(self.value)} {unit} ({f(self.low)}-{f(self.high)})"
-
 
 @dataclass(frozen=True)
 class DeployedCosts:
@@ -147,11 +143,33 @@ def of(measurement: dict) -> DeployedCosts | None:
     return DeployedCosts.from_dict(d) if d else None
 
 
-def layer_instructions(layers: list[dict], target, channels_last: bool) -> tuple[list[float], str, list[str]]:
+def _instruction_core(target) -> str:
+    """The core whose instruction counts and code sizes price ``target``."""
     core = runtimes.core_of(target)
-    icore = runtimes.INSTRUCTIONS_OF.get(core, core)
+    return runtimes.INSTRUCTIONS_OF.get(core, core)
+
+
+def layer_instructions(layers: list[dict], target, channels_last: bool) -> tuple[list[float], str, list[str]]:
+    icore = _instruction_core(target)
     per, stand_ins = instructions.predict_layers(layers, icore, channels_last)
     return per, icore, stand_ins
+
+
+def _groups(layers: list[dict], per: list[float]) -> dict[str, float]:
+    """Instructions per op group (conv, dw, fc, other): what a runtime's factors apply to."""
+    groups: dict[str, float] = {}
+    for layer, n in zip(layers, per):
+        groups[instructions.group(layer)] = groups.get(instructions.group(layer), 0.0) + n
+    return groups
+
+
+def _energy(cycles: Band, target) -> tuple[Band, Band]:
+    """(energy in uJ, the board's pJ per cycle): cycles x pJ/cycle, the band the product of both."""
+    pj = Band(target.pj_per_cycle, target.pj_per_cycle_low, target.pj_per_cycle_high)
+    return Band(cycles.value * pj.value * 1e-6, cycles.low * pj.low * 1e-6, cycles.high * pj.high * 1e-6), pj
+
+
+_CODE_KEYS = ("tflm", "cmsis_nn", "libc_startup_app", "unregistered_credit", "per_op", "estimated_ops")
 
 
 def compute(layers: list[dict], target, *, channels_last: bool, model_bytes: int, arena_bytes: int,
@@ -162,10 +180,7 @@ def compute(layers: list[dict], target, *, channels_last: bool, model_bytes: int
     core = runtimes.core_of(target)
     runtime = runtime or target.runtime or runtimes.DEFAULT_RUNTIME
     per, icore, stand_ins = layer_instructions(layers, target, channels_last)
-    groups: dict[str, float] = {}
-    for layer, n in zip(layers, per):
-        groups[instructions.group(layer)] = groups.get(instructions.group(layer), 0.0) + n
-    cyc = runtimes.predict(groups, runtime, core, icore)
+    cyc = runtimes.predict(_groups(layers, per), runtime, core, icore)
     notes = list(cyc.notes)
     if getattr(target, "runtime_choice", "") and "->" in target.runtime_choice and runtime == target.runtime:
         notes.insert(0, target.runtime_choice)
@@ -188,8 +203,7 @@ def compute(layers: list[dict], target, *, channels_last: bool, model_bytes: int
     outside = ram_outside_arena()
     cycles = Band.around(cyc.cycles, cyc_band)
     ms = cycles.scaled(1e3 / target.clock_hz)
-    pj = Band(target.pj_per_cycle, target.pj_per_cycle_low, target.pj_per_cycle_high)
-    energy = Band(cycles.value * pj.value * 1e-6, cycles.low * pj.low * 1e-6, cycles.high * pj.high * 1e-6)
+    energy, pj = _energy(cycles, target)
     label = instructions.table()["calibration"]["label"] if runtime == runtimes.DEFAULT_RUNTIME else runtime
     return DeployedCosts(
         basis=basis, core=core, runtime=runtime, runtime_label=label, clock_hz=int(target.clock_hz),
@@ -199,8 +213,7 @@ def compute(layers: list[dict], target, *, channels_last: bool, model_bytes: int
         ram_bytes=int(arena_bytes) + outside, instructions=int(round(sum(per))), cycles=cycles, ms=ms,
         energy_uj=energy, pj_per_cycle=pj, energy_source=target.energy_source, flash_limit=int(target.flash_bytes),
         ram_limit=int(target.ram_bytes), decompression_limit=int(target.decompression_ram_bytes),
-        code={k: code[k] for k in ("tflm", "cmsis_nn", "libc_startup_app", "unregistered_credit", "per_op",
-                                   "estimated_ops")},
+        code={k: code[k] for k in _CODE_KEYS},
         notes=tuple(notes))
 
 
@@ -209,15 +222,14 @@ def firmware_flash(model_bytes: bytes, target) -> int:
     under the same policy as ``compute``."""
     from tinyprune.measure.graph import read_graph
 
-    icore = runtimes.INSTRUCTIONS_OF.get(runtimes.core_of(target), runtimes.core_of(target))
     ops = [op.op for op in read_graph(model_bytes).ops]
-    return len(model_bytes) + firmware.code_bytes(ops, icore)["total"]
+    return len(model_bytes) + firmware.code_bytes(ops, _instruction_core(target))["total"]
 
 
 def decode_code_bytes(ops, target) -> int:
     """What registering TFLM's DECODE kernel adds to the firmware of a model with ``ops``."""
-    icore = runtimes.INSTRUCTIONS_OF.get(runtimes.core_of(target), runtimes.core_of(target))
-    return (firmware.code_bytes([*ops, "TFLM_DECODE"], icore)["total"] - firmware.code_bytes(ops, icore)["total"])
+    icore = _instruction_core(target)
+    return firmware.code_bytes([*ops, "TFLM_DECODE"], icore)["total"] - firmware.code_bytes(ops, icore)["total"]
 
 
 def ram_outside_arena() -> int:
@@ -238,10 +250,7 @@ def compute_npu(model_bytes: bytes, target, *, basis: str = "int8 TFLite model c
     cpu_layers = [layer for layer in tflite_layers(vela.model) if layer["op"] != "ethos-u"]
     core = runtimes.core_of(target)
     per, _, stand_ins = layer_instructions(cpu_layers, target, channels_last=True)
-    groups: dict[str, float] = {}
-    for layer, n in zip(cpu_layers, per):
-        groups[instructions.group(layer)] = groups.get(instructions.group(layer), 0.0) + n
-    cpu = runtimes.predict(groups, runtimes.DEFAULT_RUNTIME, core, core) if per else None
+    cpu = runtimes.predict(_groups(cpu_layers, per), runtimes.DEFAULT_RUNTIME, core, core) if per else None
     cpu_s = (cpu.cycles / target.clock_hz) if cpu else 0.0
     npu_s = vela.npu_cycles / vela.npu_clock_hz
     seconds = npu_s + cpu_s
@@ -250,8 +259,7 @@ def compute_npu(model_bytes: bytes, target, *, basis: str = "int8 TFLite model c
     high = npu_s * (1 + NPU_BAND) + cpu_s * (1 + (cpu.band if cpu else 0))
     cycles = Band(seconds * vela.npu_clock_hz, low * vela.npu_clock_hz, high * vela.npu_clock_hz)  # NPU clock cycles
     ms = Band(seconds * 1e3, low * 1e3, high * 1e3)
-    pj = Band(target.pj_per_cycle, target.pj_per_cycle_low, target.pj_per_cycle_high)
-    energy = Band(cycles.value * pj.value * 1e-6, cycles.low * pj.low * 1e-6, cycles.high * pj.high * 1e-6)
+    energy, pj = _energy(cycles, target)
     code = firmware.code_bytes([layer["op"] for layer in cpu_layers] + ["ethos-u"], core)
     notes = [f"NPU cycles, SRAM and flash from Vela ({vela.accelerator}, {vela.system_config}, {vela.memory_mode}): "
              "a performance model, not measured on hardware; band +-25 % nominal",
@@ -273,7 +281,6 @@ def compute_npu(model_bytes: bytes, target, *, basis: str = "int8 TFLite model c
         instructions=int(round(sum(per))), cycles=cycles, ms=ms, energy_uj=energy, pj_per_cycle=pj,
         energy_source=target.energy_source, flash_limit=int(target.flash_bytes), ram_limit=int(target.ram_bytes),
         decompression_limit=int(target.decompression_ram_bytes),
-        code={k: code[k] for k in ("tflm", "cmsis_nn", "libc_startup_app", "unregistered_credit", "per_op",
-                                   "estimated_ops")},
+        code={k: code[k] for k in _CODE_KEYS},
         notes=tuple(notes), npu={**vela.to_dict(), "cpu_cycles": cpu.cycles if cpu else 0.0,
                                  "host_clock_hz": target.clock_hz})
